@@ -1,0 +1,69 @@
+"""The typed configuration: each stage's dataclass, assembled into one root schema.
+
+Schemas are registered in Hydra's ConfigStore (values live in ``conf/``), so a wrong type or an
+unknown key fails while Hydra composes. Range checks live in each dataclass's ``__post_init__``
+and run in ``validate``, before any compute; for a multirun, ``ValidateSweep`` composes and
+validates every job of the grid before the launcher submits any.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from imm.data import DatasetConfig
+from imm.evaluate import EvalConfig
+from imm.generate import GenerateConfig
+from imm.merge import MergeConfig
+from imm.methods import MethodConfig
+from imm.models import ModelConfig, asset_path
+from imm.sft import SFTConfig
+from imm.tracking import TrackingConfig
+
+
+@dataclass
+class RunConfig:
+    iterations: int = 3  # self-improvement iterations T
+    seed: int = 0  # grid seed: tagged in MLflow; stage seeds default to it
+    out_dir: str = "???"  # where this job writes checkpoints, samples and plots
+    save_checkpoints: bool = True  # save each iteration's SFT / merged model (safetensors)
+    dry_run: bool = False  # validate and write the resolved config, then stop (checks a grid)
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1:
+            raise ValueError(f"run.iterations={self.iterations} must be >= 1")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    merge: MergeConfig = field(default_factory=MergeConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    outputs: str = "outputs"  # root folder: run folders, the MLflow store, caches
+    prompt: str = "Question: {question}\nAnswer: Let's think step by step."  # must contain {question}
+
+    def __post_init__(self) -> None:
+        if "{question}" not in self.prompt:
+            raise ValueError("prompt must contain '{question}'")
+
+
+def register() -> None:
+    if not OmegaConf.has_resolver("imm.asset"):
+        OmegaConf.register_new_resolver("imm.asset", asset_path)
+    ConfigStore.instance().store(name="schema", node=Config)
+
+
+def validate(cfg: DictConfig) -> Config:
+    """The config as typed objects; raises naming the field on a bad value or missing file."""
+    return OmegaConf.to_object(cfg)
+
+
+register()

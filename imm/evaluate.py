@@ -1,0 +1,43 @@
+"""Evaluation: pass@k on every test set (pass@1 greedy by default), with ID and OOD means."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List
+
+from imm.answers import extract_answer, is_correct
+from imm.generate import complete
+from imm.passk import mean_pass_at_k
+
+
+@dataclass
+class EvalConfig:
+    n: int = 1  # samples per test item; 1 with temperature 0 = greedy pass@1
+    temperature: float = 0.0  # 0 = greedy
+    ks: List[int] = field(default_factory=lambda: [1])  # pass@k values to report, each <= n
+    max_new_tokens: int = 96
+    batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        if self.n < 1 or not self.ks or any(not 1 <= k <= self.n for k in self.ks):
+            raise ValueError(f"eval.ks={self.ks} must be non-empty with every k in [1, eval.n={self.n}]")
+        if self.temperature == 0 and self.n > 1:
+            raise ValueError("eval.n > 1 needs eval.temperature > 0 (greedy samples are identical)")
+
+
+def evaluate(model, tok, data, prompt_fn, cfg: EvalConfig, desc: str = "eval") -> dict[str, float]:
+    """Metrics {set: pass@1, set/pass@k: ..., id: mean over ID sets, ood: mean over OOD sets}."""
+    metrics: dict[str, float] = {}
+    for name, items in data.tests.items():
+        outs = complete(model, tok, [prompt_fn(it["question"]) for it in items], n=cfg.n,
+                        temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                        batch_size=cfg.batch_size, desc=f"{desc} {name}")
+        counts = [(len(o), sum(is_correct(extract_answer(t), it["answer"]) for t in o))
+                  for it, o in zip(items, outs, strict=True)]
+        for k in cfg.ks:
+            key = name if k == 1 else f"{name}/pass@{k}"
+            metrics[key] = mean_pass_at_k(counts, k)
+    for group, sets in (("id", data.id_sets), ("ood", data.ood_sets)):
+        if sets:
+            metrics[group] = sum(metrics[s] for s in sets) / len(sets)
+    return metrics

@@ -1,0 +1,54 @@
+"""The self-improvement methods: which samples each iteration trains on, and whether it merges.
+
+- vanilla (STaR): this iteration's kept samples.
+- mixture: this iteration's samples plus ``history_share`` of the earlier iterations' kept samples.
+- accumulation: all kept samples of all iterations so far.
+- imm: as vanilla, then DARE-merge with the base model (Eq. 6).
+- iimm: as imm, with each layer's update scaled by its importance (Eq. 7).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+METHODS = {
+    # name: (training data, merges, importance-scaled merge)
+    "vanilla": ("current", False, False),
+    "mixture": ("mixture", False, False),
+    "accumulation": ("all", False, False),
+    "imm": ("current", True, False),
+    "iimm": ("current", True, True),
+}
+
+
+@dataclass
+class MethodConfig:
+    name: str = "imm"  # vanilla | mixture | accumulation | imm | iimm
+    history_share: float = 0.5  # mixture only: share of earlier iterations' kept samples added, [0, 1]
+
+    def __post_init__(self) -> None:
+        if self.name not in METHODS:
+            raise ValueError(f"method.name={self.name!r} is not one of {sorted(METHODS)}")
+        if not 0.0 <= self.history_share <= 1.0:
+            raise ValueError(f"method.history_share={self.history_share} must lie in [0, 1]")
+
+    @property
+    def merges(self) -> bool:
+        return METHODS[self.name][1]
+
+    @property
+    def importance_scaled(self) -> bool:
+        return METHODS[self.name][2]
+
+
+def build_trainset(cfg: MethodConfig, history: list[list[dict]], seed: int) -> list[dict]:
+    """Training rows for the newest iteration, given every iteration's kept samples (oldest first)."""
+    current, earlier = history[-1], [row for rows in history[:-1] for row in rows]
+    data = METHODS[cfg.name][0]
+    if data == "current":
+        return list(current)
+    if data == "all":
+        return earlier + current
+    n = int(round(cfg.history_share * len(earlier)))
+    return random.Random(seed * 7919 + len(history)).sample(earlier, n) + current

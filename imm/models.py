@@ -1,0 +1,72 @@
+"""Loading models and tokenizers, and moving weights between models and state dicts."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ASSETS = Path(__file__).parent / "assets"
+
+
+@dataclass
+class ModelConfig:
+    name: str = "testbed"  # short name used in tags and experiment names
+    path: str = "???"  # local directory (or hub id when source=hub)
+    source: str = "local"  # local: the path must exist before anything runs | hub: a hub id
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    trust_remote_code: bool = False  # off unless a model needs it
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"model.dtype={self.dtype!r} is not one of {sorted(DTYPES)}")
+        if self.source not in ("local", "hub"):
+            raise ValueError(f"model.source={self.source!r} must be 'local' or 'hub'")
+        if self.source == "local" and self.path != "???" and not os.path.isdir(self.path):
+            raise FileNotFoundError(f"model.path={self.path!r}: no such model directory")
+
+
+def asset_path(name: str) -> str:
+    """Absolute path of a model shipped with imm (resolver ``${imm.asset:testbed}``)."""
+    return str(ASSETS / name)
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerFast:
+    # PreTrainedTokenizerFast round-trips a `tokenizers`-trained tokenizer exactly; AutoTokenizer
+    # may swap in another class with a different pre-tokenizer.
+    tok = PreTrainedTokenizerFast.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(cfg: ModelConfig, path: str | None = None) -> PreTrainedModel:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model = AutoModelForCausalLM.from_pretrained(
+        path or cfg.path, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code)
+    return model.eval()
+
+
+def weights(model: PreTrainedModel) -> dict[str, torch.Tensor]:
+    """A detached copy of the model's tensors, tied weights (embeddings = lm_head) listed once."""
+    seen: set[int] = set()
+    out: dict[str, torch.Tensor] = {}
+    for name, t in model.state_dict().items():
+        if t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        out[name] = t.detach().clone()
+    return out
+
+
+def set_weights(model: PreTrainedModel, state: dict[str, torch.Tensor]) -> None:
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(model.state_dict()) - set(state)
+    if unexpected or set(missing) - tied:
+        raise ValueError(f"weights do not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")

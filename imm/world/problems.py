@@ -1,0 +1,318 @@
+"""Seeded procedural arithmetic word problems: the testbed's stand-in for GSM8K and the OOD sets.
+
+One in-domain family (``ID_FAMILY``) and several out-of-domain families (``OOD_FAMILIES``):
+
+- ``id_addsub``     two-step add/subtract stories, start 10-39, changes 1-9 (the "GSM8K" of the world).
+- ``ood_wording``   the same two-step skill, other wording (boxes, shops, classes) and bigger changes
+                    (10-29), so a one-step shortcut no longer works.
+- ``ood_mult``      one multiplication step (bags x items per bag), then one add/subtract step.
+- ``ood_multistep`` three or four add/subtract steps with ID-sized numbers.
+
+Every item is ``{"question", "answer", "solution", "family"}``; ``solution`` is a gold worked
+solution in one of several full step-by-step styles (chosen by the seed) ending exactly with
+``The answer is N.``
+
+Faithfulness to the paper's mechanism (SPEC "Making the testbed faithful"): a problem can be
+rendered in several *full* styles (``FULL_STYLES``: equations, labelled steps, a story, a
+net-change route) so that sampled correct solutions are diverse, and in *shortcut* styles
+(``SHORTCUT_STYLES``: one merged equation, or the bare answer) that the base model sees only for
+the ID family in pretraining. Shortcuts are reachable on ID numbers (changes under 10) but fail on
+the OOD families (bigger numbers, a product, more steps), which is how shallow self-improvement on
+ID can hurt OOD.
+
+Splits are disjoint by a hash of the question text: ``test`` (20 % of question space), ``train``
+(30 %) and ``pretrain`` (50 %) can never share a question, whatever the seeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+PROMPT_TEMPLATE = "Question: {question}\nAnswer: Let's think step by step."
+
+ID_FAMILY = "id_addsub"
+OOD_FAMILIES = ("ood_wording", "ood_mult", "ood_multistep")
+SPLITS = ("train", "test", "pretrain")
+
+FULL_STYLES = ("steps", "labeled", "story", "net")
+SHORTCUT_STYLES = ("merged", "direct")
+
+NAMES = (
+    ("Tom", "he"), ("Sam", "he"), ("Ben", "he"), ("Max", "he"), ("Leo", "he"), ("Jack", "he"),
+    ("Amy", "she"), ("Lily", "she"), ("Mia", "she"), ("Zoe", "she"), ("Emma", "she"), ("Anna", "she"),
+)
+OBJECTS = ("apples", "pens", "books", "coins", "cards", "stickers", "marbles", "cookies", "shells",
+           "stamps")
+
+# ID verbs (also used by the multi-step family); the wording family uses its own.
+GAIN_VERBS = ("buys {x} more", "finds {x} more", "gets {x} more")
+LOSS_VERBS = ("gives away {x}", "loses {x}", "eats {x}")
+
+
+def format_prompt(question: str) -> str:
+    """The model's prompt for a question (the training text is prompt + " " + solution + EOS)."""
+    return PROMPT_TEMPLATE.format(question=question)
+
+
+@dataclass
+class Problem:
+    """A generated problem: the question and the arithmetic it needs, for rendering solutions."""
+
+    question: str
+    subject: str            # who/what holds the objects in the story ("Tom", "The box")
+    pronoun: str            # "he", "she", "it", "they"
+    obj: str
+    start: tuple            # (a,) or (a, b) meaning a * b
+    ops: list = field(default_factory=list)  # [(sign, value)], sign in "+-"
+
+    @property
+    def start_value(self) -> int:
+        return self.start[0] * self.start[1] if len(self.start) == 2 else self.start[0]
+
+    @property
+    def answer(self) -> int:
+        v = self.start_value
+        for sign, x in self.ops:
+            v = v + x if sign == "+" else v - x
+        return v
+
+    def chain(self) -> list[tuple[int, str, int, int]]:
+        """The step-by-step equations as (left, sign, right, result)."""
+        out, v = [], self.start_value
+        for sign, x in self.ops:
+            r = v + x if sign == "+" else v - x
+            out.append((v, sign, x, r))
+            v = r
+        return out
+
+
+def _verb_has(pronoun: str) -> str:
+    return "have" if pronoun == "they" else "has"
+
+
+def render(p: Problem, style: str) -> str:
+    """A worked solution of ``p`` in ``style`` (full or shortcut), ending with "The answer is N."."""
+    ans = p.answer
+    parts: list[str] = []
+    prod = f"{p.start[0]} * {p.start[1]} = {p.start_value}." if len(p.start) == 2 else None
+    has = _verb_has(p.pronoun)
+    if style == "steps":
+        if prod:
+            parts.append(prod)
+        parts += [f"{a} {s} {b} = {r}." for a, s, b, r in p.chain()]
+    elif style == "labeled":
+        eqs = ([prod] if prod else []) + [f"{a} {s} {b} = {r}." for a, s, b, r in p.chain()]
+        parts += [f"Step {i + 1}: {e}" for i, e in enumerate(eqs)]
+    elif style == "story":
+        if prod:
+            parts.append(f"{p.subject} gets {prod[:-1]} {p.obj}.")
+        else:
+            parts.append(f"{p.subject} starts with {p.start[0]} {p.obj}.")
+        for a, s, b, r in p.chain():
+            parts.append(f"Then {p.pronoun} {has} {a} {s} {b} = {r} {p.obj}.")
+    elif style == "net":
+        if len(p.ops) != 2 or {s for s, _ in p.ops} != {"+", "-"}:
+            return render(p, "steps")
+        g = next(x for s, x in p.ops if s == "+")
+        l = next(x for s, x in p.ops if s == "-")
+        if prod:
+            parts.append(prod)
+        v = p.start_value
+        if g >= l:
+            parts.append(f"{p.subject} gains {g} and loses {l}, so the change is {g} - {l} = {g - l}.")
+            parts.append(f"{v} + {g - l} = {ans}.")
+        else:
+            parts.append(f"{p.subject} gains {g} and loses {l}, so the loss is {l} - {g} = {l - g}.")
+            parts.append(f"{v} - {l - g} = {ans}.")
+    elif style == "merged":
+        lhs = f"{p.start[0]} * {p.start[1]}" if prod else f"{p.start[0]}"
+        lhs += "".join(f" {s} {x}" for s, x in p.ops)
+        parts.append(f"{lhs} = {ans}.")
+    elif style == "direct":
+        pass
+    else:
+        raise ValueError(f"unknown style {style!r}")
+    parts.append(f"The answer is {ans}.")
+    return " ".join(parts)
+
+
+# ----------------------------------------------------------------------------- family generators
+
+def _person(rng: random.Random) -> tuple[str, str]:
+    return rng.choice(NAMES)
+
+
+def _two_ops(rng: random.Random, start: int, lo: int, hi: int) -> list[tuple[str, int]]:
+    """One gain and one loss in random order, never going below zero."""
+    while True:
+        g, l = rng.randint(lo, hi), rng.randint(lo, hi)
+        ops = [("+", g), ("-", l)] if rng.random() < 0.5 else [("-", l), ("+", g)]
+        v, ok = start, True
+        for s, x in ops:
+            v = v + x if s == "+" else v - x
+            ok &= v >= 0
+        if ok:
+            return ops
+
+
+def _verb(sign: str, x: int, rng: random.Random) -> str:
+    return rng.choice(GAIN_VERBS if sign == "+" else LOSS_VERBS).format(x=x)
+
+
+def gen_id_addsub(rng: random.Random) -> Problem:
+    name, pron = _person(rng)
+    obj = rng.choice(OBJECTS)
+    a = rng.randint(10, 39)
+    ops = _two_ops(rng, a, 1, 9)
+    v1, v2 = (_verb(s, x, rng) for s, x in ops)
+    if rng.random() < 0.5:
+        q = (f"{name} has {a} {obj}. {pron.capitalize()} {v1} and then {v2}. "
+             f"How many {obj} does {pron} have now?")
+    else:
+        q = f"{name} has {a} {obj}. First {pron} {v1}. Then {pron} {v2}. How many {obj} are left?"
+    return Problem(q, name, pron, obj, (a,), ops)
+
+
+def gen_ood_wording(rng: random.Random) -> Problem:
+    obj = rng.choice(OBJECTS)
+    a = rng.randint(20, 59)
+    ops = _two_ops(rng, a, 10, 29)
+    g = next(x for s, x in ops if s == "+")
+    l = next(x for s, x in ops if s == "-")
+    gain_first = ops[0][0] == "+"
+    kind = rng.randrange(3)
+    if kind == 0:
+        name, _ = _person(rng)
+        acts = [f"puts in {g}", f"takes out {l}"]
+        if not gain_first:
+            acts.reverse()
+        q = (f"There are {a} {obj} in a box. {name} {acts[0]} and {acts[1]}. "
+             f"How many {obj} are in the box now?")
+        return Problem(q, "The box", "it", obj, (a,), ops)
+    if kind == 1:
+        acts = [f"got {g} new ones", f"sold {l}"]
+        if not gain_first:
+            acts.reverse()
+        q = f"A shop had {a} {obj}. It {acts[0]} and {acts[1]}. How many {obj} does the shop have?"
+        return Problem(q, "The shop", "it", obj, (a,), ops)
+    acts = [f"{g} {obj} were added", f"{l} {obj} were used"]
+    if not gain_first:
+        acts.reverse()
+    q = (f"A class had {a} {obj}. On Monday {acts[0]}. On Tuesday {acts[1]}. "
+         f"What is the number of {obj} in the class?")
+    return Problem(q, "The class", "it", obj, (a,), ops)
+
+
+def gen_ood_mult(rng: random.Random) -> Problem:
+    name, pron = _person(rng)
+    obj = rng.choice(OBJECTS)
+    a, b = rng.randint(2, 9), rng.randint(2, 9)
+    x = rng.randint(1, 9)
+    sign = "-" if (rng.random() < 0.5 and a * b - x >= 0) else "+"
+    P = pron.capitalize()
+    if rng.random() < 0.5:
+        q = (f"{name} buys {a} bags of {obj} with {b} {obj} in each bag. {P} {_verb(sign, x, rng)}. "
+             f"How many {obj} does {pron} have now?")
+    else:
+        q = (f"{name} has {a} boxes with {b} {obj} in each box. Then {pron} {_verb(sign, x, rng)}. "
+             f"How many {obj} are left?")
+    return Problem(q, name, pron, obj, (a, b), [(sign, x)])
+
+
+def gen_ood_multistep(rng: random.Random) -> Problem:
+    name, pron = _person(rng)
+    obj = rng.choice(OBJECTS)
+    a = rng.randint(10, 39)
+    n_ops = rng.choice((3, 4))
+    while True:
+        ops = [(rng.choice("+-"), rng.randint(1, 9)) for _ in range(n_ops)]
+        if {s for s, _ in ops} != {"+", "-"}:
+            continue
+        v, ok = a, True
+        for s, x in ops:
+            v = v + x if s == "+" else v - x
+            ok &= v >= 0
+        if ok:
+            break
+    verbs = [_verb(s, x, rng) for s, x in ops]
+    acts = ", ".join(verbs[:-1]) + f", and then {verbs[-1]}"
+    q = f"{name} has {a} {obj}. {pron.capitalize()} {acts}. How many {obj} does {pron} have now?"
+    return Problem(q, name, pron, obj, (a,), ops)
+
+
+@dataclass(frozen=True)
+class Family:
+    """A problem family: its generator and which solution styles its texts use."""
+
+    name: str
+    generate: Callable[[random.Random], Problem]
+    full_styles: tuple[str, ...]
+    description: str
+
+
+FAMILIES: dict[str, Family] = {
+    "id_addsub": Family("id_addsub", gen_id_addsub, FULL_STYLES,
+                        "two-step add/subtract stories, start 10-39, changes 1-9"),
+    "ood_wording": Family("ood_wording", gen_ood_wording, FULL_STYLES,
+                          "two-step add/subtract, other wording, changes 10-29"),
+    "ood_mult": Family("ood_mult", gen_ood_mult, ("steps", "labeled", "story"),
+                       "one multiplication (2-9 x 2-9) then one add/subtract step"),
+    "ood_multistep": Family("ood_multistep", gen_ood_multistep, ("steps", "labeled", "story"),
+                            "three or four add/subtract steps, changes 1-9"),
+}
+assert ID_FAMILY in FAMILIES and all(f in FAMILIES for f in OOD_FAMILIES)
+
+
+# ----------------------------------------------------------------------------- splits
+
+_BUCKETS = {"test": range(0, 2), "train": range(2, 5), "pretrain": range(5, 10)}
+
+
+def split_of(question: str) -> str:
+    """Which split a question belongs to, by a stable hash of its text (splits never overlap)."""
+    h = int(hashlib.sha256(question.encode()).hexdigest(), 16) % 10
+    return next(s for s, r in _BUCKETS.items() if h in r)
+
+
+def _rng(*parts) -> random.Random:
+    return random.Random("|".join(str(p) for p in parts))
+
+
+def sample_problems(family: str, split: str, n: int, seed: int) -> list[Problem]:
+    """``n`` distinct problems of ``family`` whose questions hash into ``split`` (deterministic)."""
+    if family not in FAMILIES:
+        raise KeyError(f"unknown family {family!r}; known: {sorted(FAMILIES)}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    gen = FAMILIES[family].generate
+    rng = _rng("problems", family, split, seed)
+    seen: set[str] = set()
+    out: list[Problem] = []
+    tries = 0
+    while len(out) < n:
+        tries += 1
+        if tries > 50 * n + 1000:
+            raise RuntimeError(f"could not draw {n} distinct {family}/{split} problems")
+        p = gen(rng)
+        if p.question in seen or split_of(p.question) != split:
+            continue
+        seen.add(p.question)
+        out.append(p)
+    return out
+
+
+def make_split(family: str, split: str, n: int, seed: int) -> list[dict]:
+    """``n`` items of ``family`` in ``split`` ("train", "test", "pretrain"), deterministic in ``seed``.
+
+    Items are ``{"question", "answer", "solution", "family"}`` with a gold full-style solution.
+    """
+    style_rng = _rng("styles", family, split, seed)
+    styles = FAMILIES[family].full_styles
+    return [
+        {"question": p.question, "answer": str(p.answer),
+         "solution": render(p, style_rng.choice(styles)), "family": family}
+        for p in sample_problems(family, split, n, seed)
+    ]

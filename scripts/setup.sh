@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Installs imm and its dependencies into the current Python (use a venv if you like).
+# torch is installed first and pinned: the CPU wheel 2.13.0 (other versions pull CUDA builds).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install -q "torch==2.13.0"
+python -m pip install -q -e ".[test]"
