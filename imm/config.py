@@ -20,6 +20,7 @@ from imm.merge import MergeConfig
 from imm.methods import MethodConfig
 from imm.models import ModelConfig, asset_path
 from imm.sft import SFTConfig
+from imm.stages import StageConfig
 from imm.tracking import TrackingConfig
 
 
@@ -27,8 +28,7 @@ from imm.tracking import TrackingConfig
 class RunConfig:
     iterations: int = 3  # self-improvement iterations T
     seed: int = 0  # grid seed: tagged in MLflow; stage seeds default to it
-    out_dir: str = "???"  # where this job writes checkpoints, samples and plots
-    save_checkpoints: bool = True  # save each iteration's SFT / merged model (safetensors)
+    out_dir: str = ""  # this job's folder; empty = <outputs>/jobs/<job key> (found again on restart)
     dry_run: bool = False  # validate and write the resolved config, then stop (checks a grid)
 
     def __post_init__(self) -> None:
@@ -47,6 +47,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    stages: StageConfig = field(default_factory=StageConfig)
     outputs: str = "outputs"  # root folder: run folders, the MLflow store, caches
     prompt: str = "Question: {question}\nAnswer: Let's think step by step."  # must contain {question}
 

@@ -1,29 +1,30 @@
 """The self-improvement loop, one stage a line: data → generate → filter → train → merge → evaluate.
 
     for t in 0..T-1:
-        samples = synthesize(current model, training questions)      # k samples over temperatures
-        kept    = keep_correct(samples)                               # final answer == gold, by value
-        rows    = build_trainset(method, kept of all iterations)      # vanilla / mixture / accumulation
-        θ_sft   = SFT(current model, rows)                            # response-only loss
-        θ_m     = α·θ + (1−α)·(θ_prev + DARE(θ_sft − θ_prev))          # imm / iimm only
-        evaluate θ_sft (and θ_m) on ID and OOD test sets
+        kept  = synthesize(current model)                  # k samples per question, keep answer == gold
+        rows  = trainset(method, kept of iterations 0..t)  # vanilla / mixture / accumulation
+        θ_sft = SFT(current model, rows)                   # response-only loss
+        θ_m   = α·θ + (1−α)·(θ_prev + DARE(θ_sft − θ_prev)) # imm / iimm only (iimm: per-layer scales)
+        evaluate θ_sft (and θ_m) on the ID and OOD test sets
+
+Every stage goes through the stage store (imm/stages.py): outputs shared between jobs are computed
+once, and a job that is killed and started again continues at its first unfinished stage.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imm import generate, methods, sft
+from imm import steps
 from imm.config import Config
 from imm.data import load_data
-from imm.evaluate import evaluate
-from imm.filtering import keep_correct
-from imm.importance import layer_importance
-from imm.merge import importance_scales, merge_state_dicts
-from imm.models import load_model, load_tokenizer, set_weights, weights
+from imm.merge import importance_scales
+from imm.models import load_tokenizer
+from imm.stages import StageStore, write_jsonl
 from imm.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -33,76 +34,92 @@ log = logging.getLogger(__name__)
 class Result:
     rows: list[tuple[str, dict[str, float]]] = field(default_factory=list)  # ("Base"|"SFT t"|"Merge t", metrics)
     sets: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage, summed over iterations
 
 
-def run(cfg: Config, tracker: Tracker, out: Path) -> Result:
+def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
     data = load_data(cfg.dataset)
-    tok = load_tokenizer(cfg.model.path)
-    model = load_model(cfg.model)
-    prompt = lambda q: cfg.prompt.format(question=q)  # noqa: E731
-    base = weights(model)  # θ, kept for every merge
+    ctx = steps.Context(cfg, store, data, load_tokenizer(cfg.model.path))
     result = Result(sets=list(data.tests))
+    stage = _Stages(result, tracker)
 
-    def record(label: str, kind: str, step: int, metrics: dict[str, float]) -> None:
-        result.rows.append((label, metrics))
-        tracker.metrics({f"eval/{kind}/{k}": v for k, v in metrics.items()}, step)
-        log.info("%s: ID %.3f  OOD %.3f", label, metrics.get("id", float("nan")), metrics.get("ood", float("nan")))
-
-    record("Base", "base", 0, evaluate(model, tok, data, prompt, cfg.eval, desc="eval base"))
-    prompts = [prompt(item["question"]) for item in data.train]
-    history: list[list[dict]] = []
+    base = steps.base_ref(cfg)
+    with stage("evaluate", 0):
+        stage.record("Base", "base", 0, steps.evaluate_stage(ctx, base))
+    model, kept_keys, history = base, [], []
     for t in range(cfg.run.iterations):
-        step = t + 1
-        samples = generate.synthesize(model, tok, prompts, cfg.generate, t)
-        kept, y = keep_correct(data.train, samples, t)
+        step, prev = t + 1, model  # prev: θ_prev, the model this iteration starts from
+        with stage("generate", step):
+            kept_key, kept, y = steps.synthesize_stage(ctx, model, t)
+        kept_keys.append(kept_key)
         history.append(kept)
-        tracker.metrics({"gen/yield": y.rate, "gen/kept": y.kept, "gen/sampled": y.sampled,
-                         "gen/coverage": y.coverage, "gen/questions_covered": y.covered}, step)
+        tracker.metrics({f"gen/{k}": v for k, v in y.items()}, step)
         _save_samples(out / "samples" / f"iter{step}.jsonl", kept, tracker)
-        rows = methods.build_trainset(cfg.method, history, cfg.run.seed)
+        data_key, rows = steps.trainset_stage(ctx, kept_keys, history)
         log.info("iteration %d: kept %d/%d samples (yield %.3f), %d/%d questions covered; training on %d",
-                 step, y.kept, y.sampled, y.rate, y.covered, y.questions, len(rows))
+                 step, y["kept"], y["sampled"], y["yield"], y["covered"], y["questions"], len(rows))
         if not rows:
             log.warning("iteration %d kept no sample: the model is left unchanged this iteration", step)
             tracker.metrics({"sft/skipped": 1.0}, step)
-            previous = dict(result.rows[-1][1])
-            record(f"SFT {step} (=)", "sft", step, previous)
+            previous = result.rows[-1][1]
+            stage.record(f"SFT {step} (=)", "sft", step, previous)
             if cfg.method.merges:
-                record(f"Merge {step} (=)", "merged", step, previous)
+                stage.record(f"Merge {step} (=)", "merged", step, previous)
             continue
 
-        prev = weights(model)  # θ_prev: the model this iteration starts from
         scales = None
         if cfg.method.importance_scaled:
-            importance = layer_importance(model, tok, rows, prompt)
+            with stage("importance", step):
+                importance = steps.importance_stage(ctx, model, data_key, rows)
             scales = importance_scales(importance)
             tracker.metrics({f"importance/layer{n}": v for n, v in importance.items()}, step)
-        stats = sft.train(model, tok, rows, prompt, cfg.sft, t)
-        tracker.metrics({"sft/loss": stats["loss"], "sft/first_loss": stats["first_loss"],
-                         "sft/steps": stats["steps"], "sft/rows": len(rows),
-                         "sft/tokens_per_s": stats["tokens_per_s"]}, step)
-        record(f"SFT {step}", "sft", step, evaluate(model, tok, data, prompt, cfg.eval, desc=f"eval sft{step}"))
-        _checkpoint(model, tok, out / f"sft{step}", cfg.run.save_checkpoints)
+        with stage("sft", step):
+            tuned, stats = steps.sft_stage(ctx, model, data_key, rows, t)
+        tracker.metrics({f"sft/{k}": v for k, v in stats.items()} | {"sft/rows": len(rows)}, step)
+        with stage("evaluate", step):
+            stage.record(f"SFT {step}", "sft", step, steps.evaluate_stage(ctx, tuned))
+        _link(out / f"sft{step}", tuned.path)
+        model = tuned  # vanilla & co. continue from the SFT model; imm / iimm from the merged one
 
         if cfg.method.merges:
-            merged, ms = merge_state_dicts(base, prev, weights(model), cfg.merge, t, scales)
-            set_weights(model, merged)
-            tracker.metrics({"merge/update_norm": ms.update_norm, "merge/delta_norm": ms.delta_norm,
-                             "merge/density": ms.density}, step)
-            record(f"Merge {step}", "merged", step,
-                   evaluate(model, tok, data, prompt, cfg.eval, desc=f"eval merge{step}"))
-            _checkpoint(model, tok, out / f"merge{step}", cfg.run.save_checkpoints)
+            with stage("merge", step):
+                merged, ms = steps.merge_stage(ctx, base, prev, tuned, scales, t)
+            tracker.metrics({f"merge/{k}": v for k, v in ms.items() if isinstance(v, (int, float))}, step)
+            with stage("evaluate", step):
+                stage.record(f"Merge {step}", "merged", step, steps.evaluate_stage(ctx, merged))
+            _link(out / f"merge{step}", merged.path)
+            model = merged
+    tracker.metrics({"stages/executed": len(store.executed), "stages/reused": len(store.reused)}, cfg.run.iterations)
     return result
+
+
+class _Stages:
+    """Times stages (``with stage(name, step)``) and records evaluation rows in the result and MLflow."""
+
+    def __init__(self, result: Result, tracker: Tracker):
+        self.result, self.tracker = result, tracker
+
+    @contextmanager
+    def __call__(self, name: str, step: int):
+        start = time.perf_counter()
+        yield
+        took = time.perf_counter() - start
+        self.result.seconds[name] = self.result.seconds.get(name, 0.0) + took
+
+    def record(self, label: str, kind: str, step: int, metrics: dict[str, float]) -> None:
+        self.result.rows.append((label, metrics))
+        self.tracker.metrics({f"eval/{kind}/{k}": v for k, v in metrics.items()}, step)
+        log.info("%s: ID %.3f  OOD %.3f", label, metrics.get("id", float("nan")), metrics.get("ood", float("nan")))
 
 
 def _save_samples(path: Path, kept: list[dict], tracker: Tracker) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in kept)
+    write_jsonl(path, kept)
     tracker.artifact(path, "samples")
 
 
-def _checkpoint(model, tok, path: Path, enabled: bool) -> None:
-    if enabled:
-        model.save_pretrained(path)
-        tok.save_pretrained(path)
+def _link(link: Path, target: Path) -> None:
+    """A readable name in the job folder (sft1, merge1, ...) for a checkpoint in the stage store."""
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(target.resolve(), target_is_directory=True)

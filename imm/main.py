@@ -1,8 +1,11 @@
 """The entrypoint: one job = one method on one model and dataset, T iterations, tracked in MLflow.
 
-    python -m imm.main                                           # the testbed default (imm, α 0.5)
-    python -m imm.main method=vanilla run.iterations=2            # any override
-    python -m imm.main -m method=imm,vanilla merge.alpha=0.1,0.5,0.9   # a grid (Hydra multirun)
+    python -m imm.main                                                 # the testbed default (imm, α 0.5)
+    python -m imm.main method=vanilla run.iterations=2                  # any override
+    python -m imm.main -m method=imm,vanilla merge.alpha=0.1,0.5,0.9    # a grid (Hydra multirun)
+
+A job's folder and MLflow run are found again from its config: the same command after a crash,
+a kill or a SLURM requeue continues where the job stopped.
 """
 
 from __future__ import annotations
@@ -19,16 +22,26 @@ from omegaconf import DictConfig, OmegaConf
 from imm import loop, summary
 from imm.config import validate
 from imm.provenance import provenance
+from imm.stages import StageStore, digest
 from imm.tracking import Tracker
 
 log = logging.getLogger("imm")
+NOT_IN_JOB_KEY = ("tracking", "stages", "outputs")  # where results are logged/stored, not what they are
 
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def tags(cfg, hc, prov: dict) -> dict[str, str]:
+def job_key(resolved: dict) -> str:
+    """The job's identity: its resolved config without run.out_dir, run.dry_run and storage places."""
+    ident = {k: v for k, v in resolved.items() if k not in NOT_IN_JOB_KEY}
+    ident["run"] = {k: v for k, v in resolved["run"].items() if k not in ("out_dir", "dry_run")}
+    return digest(ident)
+
+
+def tags(cfg, prov: dict) -> dict[str, str]:
+    hc = HydraConfig.get()
     sweep_id = Path(hc.sweep.dir).name if hc.mode.name == "MULTIRUN" else "single"
     return {"method": cfg.method.name, "alpha": str(cfg.merge.alpha), "p": str(cfg.merge.p),
             "model": cfg.model.name, "dataset": cfg.dataset.name, "seed": str(cfg.run.seed),
@@ -37,9 +50,9 @@ def tags(cfg, hc, prov: dict) -> dict[str, str]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(dcfg: DictConfig) -> float:
-    hc = HydraConfig.get()
+    key = job_key(OmegaConf.to_container(dcfg, resolve=True))
     if not dcfg.run.out_dir:
-        dcfg.run.out_dir = hc.runtime.output_dir
+        dcfg.run.out_dir = f"{dcfg.outputs}/jobs/{key}"
     cfg = validate(dcfg)  # bad values and missing files stop here, before any compute
     out = Path(cfg.run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -50,17 +63,22 @@ def main(dcfg: DictConfig) -> float:
         print(f"dry run: config valid, written to {out / 'config.yaml'}")
         return float("nan")
 
+    store = StageStore(Path(cfg.stages.root), salt="" if cfg.stages.share else key)
     tracker = Tracker(cfg.tracking)
     name = cfg.tracking.run_name or f"{cfg.method.name}-a{cfg.merge.alpha}-p{cfg.merge.p}-s{cfg.run.seed}"
-    tracker.start(name, tags(cfg, hc, prov), OmegaConf.to_container(dcfg, resolve=True))
+    params = OmegaConf.to_container(dcfg, resolve=True)
+    params["run"].pop("dry_run")
+    if tracker.start(key, name, tags(cfg, prov), params):
+        log.info("continuing job %s and its MLflow run (%s)", key, tracker.location)
     tracker.artifact(out / "config.yaml")
     tracker.artifact(out / "provenance.json")
     signal.signal(signal.SIGTERM, _raise_interrupt)
     status = "FAILED"
     try:
-        result = loop.run(cfg, tracker, out)
+        result = loop.run(cfg, tracker, out, store)
         plot = summary.plot(result.rows, out / "iterations.png", f"{name} on {cfg.dataset.name}")
         tracker.artifact(plot, "plots")
+        tracker.metrics({f"time/{k}_s": v for k, v in result.seconds.items()}, cfg.run.iterations)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -72,7 +90,9 @@ def main(dcfg: DictConfig) -> float:
         tracker.end(status)
     print(f"\n{name}  ({cfg.model.name} on {cfg.dataset.name}, {cfg.run.iterations} iterations)")
     print(summary.table(result.rows, result.sets))
-    print(f"\n{tracker.location}\nrun folder: {out}")
+    print("stage time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))
+    print(f"stages: {len(store.executed)} executed, {len(store.reused)} reused")
+    print(f"\n{tracker.location}\njob folder: {out}")
     return result.rows[-1][1].get("ood", float("nan"))
 
 

@@ -37,7 +37,6 @@ class ValidateSweep(Callback):
         typed = []
         for i, overrides in enumerate(jobs):
             job_cfg = compose(config_name=config_name, overrides=overrides)
-            job_cfg.run.out_dir = job_cfg.run.out_dir or "unset"
             try:
                 typed.append(validate(job_cfg))
             except Exception as e:

@@ -61,25 +61,38 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
 
 
 class Tracker:
-    """Logs one job to MLflow (or nowhere when tracking is disabled)."""
+    """Logs one job to MLflow (or nowhere when tracking is disabled).
+
+    A job is found again by its ``job_key`` tag: a job started again after a crash or a kill
+    continues its own MLflow run (same run, same params) and skips metric points it already logged.
+    """
 
     def __init__(self, cfg: TrackingConfig):
         self.cfg, self.client, self.run_id = cfg, None, None
+        self.logged: set[tuple[str, int]] = set()
 
-    def start(self, run_name: str, tags: dict[str, str], params: dict) -> None:
+    def start(self, job_key: str, run_name: str, tags: dict[str, str], params: dict) -> bool:
+        """Create (or find and reopen) the job's run; returns whether it was resumed."""
         if not self.cfg.enabled:
-            return
+            return False
         import mlflow
+        from mlflow.entities import Param
 
         exp_id = ensure_store(self.cfg)
         self.client = mlflow.MlflowClient(self.cfg.uri)
-        run = self.client.create_run(exp_id, run_name=run_name, tags=tags)
-        self.run_id = run.info.run_id
-        from mlflow.entities import Param
-
+        found = self.client.search_runs([exp_id], f"tags.job_key = '{job_key}'", max_results=1)
+        if found:
+            self.run_id = found[0].info.run_id
+            self.client.update_run(self.run_id, status="RUNNING")
+            for key in found[0].data.metrics:
+                self.logged |= {(key, m.step) for m in self.client.get_metric_history(self.run_id, key)}
+        else:
+            run = self.client.create_run(exp_id, run_name=run_name, tags=tags | {"job_key": job_key})
+            self.run_id = run.info.run_id
         items = [Param(k, v) for k, v in flatten(params).items()]
-        for i in range(0, len(items), 100):
+        for i in range(0, len(items), 100):  # same values on a resumed run: MLflow accepts them again
             self.client.log_batch(self.run_id, params=items[i:i + 100])
+        return bool(found)
 
     def metrics(self, values: dict[str, float], step: int) -> None:
         if self.run_id is None:
@@ -89,7 +102,10 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+        new = [Metric(k, float(v), now, step) for k, v in values.items() if (k, step) not in self.logged]
+        if new:
+            self.client.log_batch(self.run_id, metrics=new)
+            self.logged |= {(m.key, step) for m in new}
 
     def artifact(self, path: str | Path, folder: str | None = None) -> None:
         if self.run_id is not None:

@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = ["dataset.n_train=32", "dataset.n_test=24", "generate.k=2", "generate.max_new_tokens=60",
-         "eval.max_new_tokens=60", "sft.epochs=2", "run.iterations=2", "run.save_checkpoints=false"]
+         "eval.max_new_tokens=60", "sft.epochs=2", "run.iterations=2"]
 
 
 def imm_main(*args, outputs: Path, timeout=600, check=True):
@@ -67,6 +67,12 @@ def test_user_command_multirun(tmp_path):
     # the two vanilla runs differ only in α, which vanilla ignores: same results
     van = [r for r in runs if r.data.tags["method"] == "vanilla"]
     assert van[0].data.metrics["eval/sft/id"] == van[1].data.metrics["eval/sft/id"]
+    # stages shared across the grid run once: 13 for the first imm job, 8 more for the other α
+    # (iteration 1's generation and SFT are shared), 4 for vanilla (its iteration-1 stages), 0 for
+    # the second vanilla job (α does not affect vanilla)
+    executed = {(r.data.tags["method"], r.data.tags["alpha"]): r.data.metrics["stages/executed"] for r in runs}
+    assert sum(executed.values()) == 25
+    assert 0 in (executed[("vanilla", "0.1")], executed[("vanilla", "0.9")])
     # the printed summary table names every stage
     for stage in ("Base", "SFT 1", "Merge 1", "SFT 2", "Merge 2"):
         assert stage in out.stdout
@@ -85,7 +91,7 @@ def test_sigterm_marks_the_run_killed(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "imm.main", *MICRO, "run.iterations=5", f"outputs={tmp_path}"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and not list(tmp_path.glob("runs/*/samples/iter1.jsonl")):
+    while time.time() < deadline and not list(tmp_path.glob("jobs/*/samples/iter1.jsonl")):
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
@@ -98,5 +104,5 @@ def test_bad_grid_point_stops_before_any_job(tmp_path):
     out = imm_main("-m", "merge.alpha=0.5,1.5", outputs=tmp_path, check=False)
     assert out.returncode != 0
     assert "merge.alpha=1.5 must lie in [0, 1]" in out.stderr + out.stdout
-    assert not list(tmp_path.glob("multirun/*/*/config.yaml"))  # no job started, not even the valid one
+    assert not list(tmp_path.glob("jobs/*/config.yaml"))  # no job started, not even the valid one
     assert not (tmp_path / "mlflow.db").exists()

@@ -1,0 +1,169 @@
+"""The loop's stages, each a function over the stage store: find the output by key, else compute it.
+
+A model is passed around as a ``ModelRef`` (its key and folder); ``Context.load`` keeps the last
+model in memory so consecutive stages of one job do not reload it from disk.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from imm import generate, methods, sft
+from imm.config import Config
+from imm.data import Data
+from imm.evaluate import evaluate
+from imm.filtering import keep_correct
+from imm.importance import layer_importance
+from imm.merge import merge_state_dicts
+from imm.models import load_model, set_weights, weights
+from imm.stages import StageStore, digest, read_json, read_jsonl, write_json, write_jsonl
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    key: str
+    path: Path
+
+
+@dataclass
+class Context:
+    cfg: Config
+    store: StageStore
+    data: Data
+    tok: object
+    _key: str | None = None  # the model held in memory
+    _model: object = None
+    _base: dict | None = None
+
+    def prompt(self, question: str) -> str:
+        return self.cfg.prompt.format(question=question)
+
+    def load(self, ref: ModelRef):
+        if self._key != ref.key:
+            self._model, self._key = load_model(self.cfg.model, str(ref.path)), ref.key
+        return self._model
+
+    def take(self, ref: ModelRef):
+        """The model, loaded if needed, for a caller that changes it in place (its key is forgotten)."""
+        model = self.load(ref)
+        self._key = None
+        return model
+
+    def hold(self, ref: ModelRef, model) -> None:
+        self._model, self._key = model, ref.key
+
+    def base_weights(self, base: ModelRef) -> dict:
+        if self._base is None:
+            self._base = weights(load_model(self.cfg.model, str(base.path)))
+        return self._base
+
+
+def base_ref(cfg: Config) -> ModelRef:
+    """The base model's identity: its path, dtype and the sizes of its weight files."""
+    path = Path(cfg.model.path)
+    files = sorted((p.name, p.stat().st_size) for p in path.glob("*.safetensors")) if path.is_dir() else []
+    return ModelRef(digest({"path": str(path.resolve()) if path.is_dir() else cfg.model.path,
+                            "dtype": cfg.model.dtype, "files": files}), path)
+
+
+def data_key(ctx: Context, split: str) -> str:
+    d = asdict(ctx.cfg.dataset)
+    d.pop("n_test" if split == "train" else "n_train")
+    return digest({"dataset": d, "split": split, "prompt": ctx.cfg.prompt})
+
+
+def evaluate_stage(ctx: Context, model: ModelRef) -> dict[str, float]:
+    key = ctx.store.key("evaluate", model=model.key, eval=asdict(ctx.cfg.eval), tests=data_key(ctx, "test"))
+
+    def compute(tmp: Path) -> None:
+        write_json(tmp / "metrics.json", evaluate(ctx.load(model), ctx.tok, ctx.data, ctx.prompt, ctx.cfg.eval))
+
+    path, _ = ctx.store.get_or_compute("evaluate", key, compute)
+    return read_json(path / "metrics.json")
+
+
+def synthesize_stage(ctx: Context, model: ModelRef, t: int) -> tuple[str, list[dict], dict]:
+    """Sample k solutions per training question and keep the correct ones: (key, kept rows, yield)."""
+    key = ctx.store.key("synthesize", model=model.key, generate=asdict(ctx.cfg.generate), iteration=t,
+                        train=data_key(ctx, "train"))
+
+    def compute(tmp: Path) -> None:
+        prompts = [ctx.prompt(item["question"]) for item in ctx.data.train]
+        samples = generate.synthesize(ctx.load(model), ctx.tok, prompts, ctx.cfg.generate, t)
+        kept, y = keep_correct(ctx.data.train, samples, t)
+        write_jsonl(tmp / "kept.jsonl", kept)
+        write_json(tmp / "yield.json", {"sampled": y.sampled, "kept": y.kept, "questions": y.questions,
+                                        "covered": y.covered, "yield": y.rate, "coverage": y.coverage})
+
+    path, _ = ctx.store.get_or_compute("synthesize", key, compute)
+    return key, read_jsonl(path / "kept.jsonl"), read_json(path / "yield.json")
+
+
+def trainset_stage(ctx: Context, kept_keys: list[str], history: list[list[dict]]) -> tuple[str, list[dict]]:
+    m = ctx.cfg.method
+    mode = methods.METHODS[m.name][0]
+    recipe = {"mode": mode, "share": m.history_share if mode == "mixture" else None}
+    key = ctx.store.key("trainset", recipe=recipe, kept=kept_keys, seed=ctx.cfg.run.seed)
+
+    def compute(tmp: Path) -> None:
+        write_jsonl(tmp / "rows.jsonl", methods.build_trainset(m, history, ctx.cfg.run.seed))
+
+    path, _ = ctx.store.get_or_compute("trainset", key, compute)
+    return key, read_jsonl(path / "rows.jsonl")
+
+
+def importance_stage(ctx: Context, model: ModelRef, data: str, rows: list[dict]) -> dict[int, float]:
+    key = ctx.store.key("importance", model=model.key, data=data)
+
+    def compute(tmp: Path) -> None:
+        write_json(tmp / "importance.json", layer_importance(ctx.load(model), ctx.tok, rows, ctx.prompt))
+
+    path, _ = ctx.store.get_or_compute("importance", key, compute)
+    return {int(k): v for k, v in read_json(path / "importance.json").items()}
+
+
+def sft_stage(ctx: Context, model: ModelRef, data: str, rows: list[dict], t: int) -> tuple[ModelRef, dict]:
+    key = ctx.store.key("sft", model=model.key, data=data, sft=asdict(ctx.cfg.sft), iteration=t)
+
+    def compute(tmp: Path):
+        net = ctx.take(model)
+        write_json(tmp / "stats.json", sft.train(net, ctx.tok, rows, ctx.prompt, ctx.cfg.sft, t))
+        _save(net, ctx.tok, tmp / "model")
+        return net
+
+    path, net = ctx.store.get_or_compute("sft", key, compute)
+    ref = ModelRef(key, path / "model")
+    if net is not None:
+        ctx.hold(ref, net)
+    return ref, read_json(path / "stats.json")
+
+
+def merge_stage(ctx: Context, base: ModelRef, prev: ModelRef, tuned: ModelRef, scales: dict[int, float] | None,
+                t: int) -> tuple[ModelRef, dict]:
+    """θ_m = α·θ + (1−α)·(θ_prev + [scale·]DARE(θ_sft − θ_prev))."""
+    key = ctx.store.key("merge", base=base.key, prev=prev.key, sft=tuned.key, merge=asdict(ctx.cfg.merge),
+                        iteration=t, scales=scales)
+
+    def compute(tmp: Path):
+        prev_w = ctx.base_weights(base) if prev.key == base.key else weights(load_model(ctx.cfg.model, str(prev.path)))
+        net = ctx.take(tuned)
+        merged, stats = merge_state_dicts(ctx.base_weights(base), prev_w, weights(net), ctx.cfg.merge, t, scales)
+        set_weights(net, merged)
+        write_json(tmp / "stats.json", asdict(stats))
+        _save(net, ctx.tok, tmp / "model")
+        return net
+
+    path, net = ctx.store.get_or_compute("merge", key, compute)
+    ref = ModelRef(key, path / "model")
+    if net is not None:
+        ctx.hold(ref, net)
+    return ref, read_json(path / "stats.json")
+
+
+def _save(model, tok, path: Path) -> None:
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
