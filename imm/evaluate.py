@@ -16,7 +16,7 @@ class EvalConfig:
     temperature: float = 0.0  # 0 = greedy
     ks: List[int] = field(default_factory=lambda: [1])  # pass@k values to report, each <= n
     max_new_tokens: int = 96
-    batch_size: int = 128
+    batch_size: int = 0  # prompts per decoding call; 0 = chosen from memory
 
     def __post_init__(self) -> None:
         if self.n < 1 or not self.ks or any(not 1 <= k <= self.n for k in self.ks):
@@ -30,7 +30,7 @@ def evaluate(model, tok, data, prompt_fn, cfg: EvalConfig, desc: str = "eval") -
     metrics: dict[str, float] = {}
     for name, items in data.tests.items():
         outs = complete(model, tok, [prompt_fn(it["question"]) for it in items], n=cfg.n,
-                        temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                        temperatures=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                         batch_size=cfg.batch_size, desc=f"{desc} {name}")
         counts = [(len(o), sum(is_correct(extract_answer(t), it["answer"]) for t in o))
                   for it, o in zip(items, outs, strict=True)]

@@ -1,8 +1,9 @@
-"""Sampling chain-of-thought solutions with transformers (the ``hf`` backend).
+"""Sampling chain-of-thought solutions (the ``hf`` backend: transformers models, our decoding loop).
 
 ``synthesize`` draws k samples per question spread over the configured temperatures (sample i
-uses temperatures[i % len]); ``complete`` is the batched primitive that evaluation reuses.
-Prompts are sorted by length and left-padded so a batch wastes little compute on padding.
+uses temperatures[i % len]), all k in one decoding call per batch; ``complete`` is the batched
+primitive that evaluation reuses. Prompts are sorted by length and left-padded; finished
+sequences leave the batch (imm/decoding.py).
 """
 
 from __future__ import annotations
@@ -15,18 +16,20 @@ import torch
 from tqdm.auto import tqdm
 
 from imm.answers import STOP_STRINGS, cut_at_stop
+from imm.decoding import decode
 
 BACKENDS = ("hf",)
+MAX_ROWS = 512  # sequences decoded at once on CPU; more gives no speed, only memory
 
 
 @dataclass
 class GenerateConfig:
-    backend: str = "hf"  # generation engine; hf = transformers generate
+    backend: str = "hf"  # generation engine; hf = transformers model + imm's batched decoding
     k: int = 4  # samples per training question (paper: 3 for GSM8K, 6 for MATH)
     temperatures: List[float] = field(default_factory=lambda: [0.2, 0.4, 0.6])  # spread of the k samples
     top_p: float = 1.0  # nucleus sampling mass, (0, 1]
     max_new_tokens: int = 96  # longest sample, in tokens
-    batch_size: int = 64  # prompts per generate call (each expands to its share of k sequences)
+    batch_size: int = 0  # prompts per decoding call; 0 = chosen from the model's KV-cache size and memory
     seed: int = 0  # sampling seed (combined with the iteration)
 
     def __post_init__(self) -> None:
@@ -38,31 +41,46 @@ class GenerateConfig:
             raise ValueError(f"generate.temperatures={self.temperatures} must be a non-empty list of values >= 0")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"generate.top_p={self.top_p} must lie in (0, 1]")
-        if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ValueError("generate.max_new_tokens and generate.batch_size must be >= 1")
+        if self.max_new_tokens < 1 or self.batch_size < 0:
+            raise ValueError("generate.max_new_tokens must be >= 1 and generate.batch_size >= 0")
 
 
-@torch.no_grad()
-def complete(model, tok, prompts: list[str], *, n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
-             max_new_tokens: int = 96, batch_size: int = 64, desc: str = "generate",
-             stops: tuple[str, ...] = STOP_STRINGS) -> list[list[str]]:
-    """n completions per prompt (greedy when temperature == 0), cut at the stop strings."""
+def auto_batch_size(model, n: int, max_len: int) -> int:
+    """Prompts per call so that n samples each fit a quarter of free memory as KV cache."""
+    c = model.config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    per_row = 2 * c.num_hidden_layers * c.num_key_value_heads * head_dim * max_len * model.dtype.itemsize
+    if model.device.type == "cuda":
+        free = torch.cuda.mem_get_info(model.device)[0]
+        cap = 4096
+    else:
+        import psutil
+
+        free, cap = psutil.virtual_memory().available, MAX_ROWS
+    rows = max(1, min(cap, int(free * 0.25 // per_row)))
+    return max(1, rows // n)
+
+
+def complete(model, tok, prompts: list[str], *, n: int = 1, temperatures: list[float] | float = 0.0,
+             top_p: float = 1.0, max_new_tokens: int = 96, batch_size: int = 0, seed: int = 0,
+             desc: str = "generate", stops: tuple[str, ...] = STOP_STRINGS) -> list[list[str]]:
+    """n completions per prompt (sample j at temperatures[j % len]; 0 = greedy), cut at the stop strings."""
+    temps = [temperatures] * n if isinstance(temperatures, (int, float)) else \
+        [temperatures[j % len(temperatures)] for j in range(n)]
     tok.padding_side = "left"
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    size = batch_size or auto_batch_size(model, n, max_new_tokens + max(len(p) for p in prompts))
+    gen = torch.Generator(device=model.device).manual_seed(seed)
     out: list[list[str]] = [[] for _ in prompts]
     new_tokens, start = 0, time.perf_counter()
     bar = tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False, mininterval=2)
-    for b in range(0, len(order), batch_size):
-        idx = order[b:b + batch_size]
+    for b in range(0, len(order), size):
+        idx = order[b:b + size]
         enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, return_token_type_ids=False)
-        enc = {k: v.to(model.device) for k, v in enc.items()}
-        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else \
-            dict(do_sample=False)
-        gen = model.generate(**enc, **sampling, num_return_sequences=n, max_new_tokens=max_new_tokens,
-                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        gen = gen[:, enc["input_ids"].shape[1]:]
-        new_tokens += int((gen != tok.pad_token_id).sum())
-        texts = tok.batch_decode(gen, skip_special_tokens=True)
+        ids = decode(model, tok, enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device),
+                     n=n, temps=temps, top_p=top_p, max_new_tokens=max_new_tokens, stops=stops, generator=gen)
+        new_tokens += sum(map(len, ids))
+        texts = tok.batch_decode(ids, skip_special_tokens=True)
         for j, i in enumerate(idx):
             out[i] = [cut_at_stop(t).strip() for t in texts[j * n:(j + 1) * n]]
         bar.update(len(idx))
@@ -73,16 +91,8 @@ def complete(model, tok, prompts: list[str], *, n: int = 1, temperature: float =
 
 def synthesize(model, tok, prompts: list[str], cfg: GenerateConfig, iteration: int) -> list[list[dict]]:
     """k samples per prompt as [{"text", "temperature"}], sample i at temperatures[i % len]."""
-    counts: dict[float, int] = {}
-    for i in range(cfg.k):
-        t = cfg.temperatures[i % len(cfg.temperatures)]
-        counts[t] = counts.get(t, 0) + 1
-    samples: list[list[dict]] = [[] for _ in prompts]
-    for j, (temp, n) in enumerate(counts.items()):
-        torch.manual_seed(cfg.seed * 1_000_003 + iteration * 1009 + j)
-        texts = complete(model, tok, prompts, n=n, temperature=temp, top_p=cfg.top_p,
-                         max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                         desc=f"sample T={temp}")
-        for i, group in enumerate(texts):
-            samples[i].extend({"text": t, "temperature": temp} for t in group)
-    return samples
+    temps = [cfg.temperatures[i % len(cfg.temperatures)] for i in range(cfg.k)]
+    texts = complete(model, tok, prompts, n=cfg.k, temperatures=temps, top_p=cfg.top_p,
+                     max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                     seed=cfg.seed * 1_000_003 + iteration, desc=f"sample it{iteration + 1}")
+    return [[{"text": t, "temperature": temp} for t, temp in zip(group, temps)] for group in texts]

@@ -40,6 +40,7 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerFast:
     # PreTrainedTokenizerFast round-trips a `tokenizers`-trained tokenizer exactly; AutoTokenizer
     # may swap in another class with a different pre-tokenizer.
     tok = PreTrainedTokenizerFast.from_pretrained(path)
+    tok.clean_up_tokenization_spaces = False  # the legacy clean-up rewrites " ." and would alter samples
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

@@ -17,3 +17,27 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A random-initialised 2-layer Qwen2 with the testbed world's tokenizer, saved to a folder."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from imm.world import problems
+    from imm.world.tokenizer import build_tokenizer
+
+    import torch
+
+    texts = [problems.format_prompt(i["question"]) + " " + i["solution"]
+             for f in (problems.ID_FAMILY, *problems.OOD_FAMILIES) for i in problems.make_split(f, "pretrain", 50, 0)]
+    tok = build_tokenizer(texts)
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=1, intermediate_size=64, max_position_embeddings=256,
+                      tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                      bos_token_id=tok.eos_token_id)
+    path = tmp_path_factory.mktemp("tiny_model")
+    Qwen2ForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

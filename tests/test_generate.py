@@ -1,0 +1,95 @@
+"""Our batched decoding against transformers' generate, and the sampling contract of synthesize."""
+
+import pytest
+import torch
+
+from imm.decoding import sample_next
+from imm.generate import GenerateConfig, auto_batch_size, complete, synthesize
+from imm.models import ModelConfig, load_model, load_tokenizer
+from imm.world import problems
+
+
+@pytest.fixture(scope="module")
+def model_tok(tiny_model):
+    return load_model(ModelConfig(path=str(tiny_model))), load_tokenizer(str(tiny_model))
+
+
+def prompts(n=24):
+    items = problems.make_split(problems.ID_FAMILY, "test", n, 0) + problems.make_split("ood_multistep", "test", n, 0)
+    return [problems.format_prompt(i["question"]) for i in items]
+
+
+def test_greedy_equals_transformers_generate(model_tok):
+    model, tok = model_tok
+    ps = prompts()
+    ours = complete(model, tok, ps, max_new_tokens=30, batch_size=16, stops=())
+    tok.padding_side = "left"
+    ref = []
+    order = sorted(range(len(ps)), key=lambda i: len(ps[i]))  # the same batches as ours
+    by_index = {}
+    for b in range(0, len(order), 16):
+        idx = order[b:b + 16]
+        enc = tok([ps[i] for i in idx], return_tensors="pt", padding=True, return_token_type_ids=False)
+        out = model.generate(**enc, do_sample=False, max_new_tokens=30, pad_token_id=tok.pad_token_id,
+                             eos_token_id=tok.eos_token_id)
+        for j, i in enumerate(idx):
+            by_index[i] = tok.decode(out[j, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    ref = [by_index[i] for i in range(len(ps))]
+    assert [o[0] for o in ours] == ref
+
+
+def test_rows_leave_the_batch_at_eos(model_tok):
+    """Force EOS after 3 tokens on some rows: those end at 3 tokens, the others run to the limit."""
+    model, tok = model_tok
+    from imm.decoding import decode
+
+    enc = tok(prompts(2), return_tensors="pt", padding=True, return_token_type_ids=False)
+    calls = []
+    real_forward = model.forward
+
+    def forward(*args, **kwargs):
+        out = real_forward(*args, **kwargs)
+        calls.append(out.logits.shape[0])
+        if len(calls) == 3:  # after the prefill and two steps, rows 0 and 2 must say EOS
+            out.logits[[0, 2], -1, :] = -1e9
+            out.logits[[0, 2], -1, tok.eos_token_id] = 1e9
+        return out
+
+    model.forward = forward
+    try:
+        ids = decode(model, tok, enc["input_ids"], enc["attention_mask"], n=1, temps=[0.0], max_new_tokens=10)
+    finally:
+        model.forward = real_forward
+    assert [len(x) for x in ids] == [2, 10, 2, 10]
+    assert calls[3:] == [2] * (len(calls) - 3)  # the finished rows left the batch
+
+
+def test_synthesize_k_samples_over_temperatures(model_tok):
+    model, tok = model_tok
+    cfg = GenerateConfig(k=5, temperatures=[0.2, 0.6], max_new_tokens=12, batch_size=8)
+    out = synthesize(model, tok, prompts(6), cfg, iteration=0)
+    assert len(out) == 12 and all(len(g) == 5 for g in out)
+    assert [s["temperature"] for s in out[0]] == [0.2, 0.6, 0.2, 0.6, 0.2]
+    again = synthesize(model, tok, prompts(6), cfg, iteration=0)
+    assert out == again  # seeded
+    other = synthesize(model, tok, prompts(6), cfg, iteration=1)
+    assert out != other
+
+
+def test_sample_next_greedy_rows_and_top_p():
+    logits = torch.tensor([[0.0, 5.0, 1.0], [0.0, 5.0, 1.0], [10.0, 9.9, -50.0]])
+    g = torch.Generator().manual_seed(0)
+    draws = [sample_next(logits, torch.tensor([0.0, 1e-3, 1.0]), 0.5, g).tolist() for _ in range(50)]
+    assert all(d[0] == 1 and d[1] == 1 for d in draws)  # greedy row, and near-greedy temperature
+    assert {d[2] for d in draws} == {0}  # top_p 0.5 keeps only the most likely token
+
+
+def test_stop_strings_end_a_sample(model_tok):
+    model, tok = model_tok
+    out = complete(model, tok, prompts(4), max_new_tokens=40, stops=("=",))
+    assert all("=" not in o[0] for o in out)
+
+
+def test_auto_batch_size(model_tok):
+    model, _ = model_tok
+    assert 1 <= auto_batch_size(model, 4, 200) <= 512 // 4
