@@ -74,7 +74,7 @@ def train(model, tok, rows: list[dict], prompt_fn, cfg: SFTConfig, iteration: in
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
     model.train()
-    losses, tokens, start = [], 0, time.perf_counter()
+    losses, tokens, padded, start = [], 0, 0, time.perf_counter()
     bar = tqdm(total=total, desc=f"sft it{iteration}", unit="step", leave=False, mininterval=2)
     for epoch in range(cfg.epochs):
         chunks = batches(examples, cfg.batch_size, rng)
@@ -87,6 +87,7 @@ def train(model, tok, rows: list[dict], prompt_fn, cfg: SFTConfig, iteration: in
             (loss / cfg.grad_accum).backward()
             losses.append(loss.item())
             tokens += int(mask.sum())
+            padded += mask.numel()
             if (b + 1) % cfg.grad_accum == 0 or b + 1 == len(chunks):
                 if cfg.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -99,4 +100,4 @@ def train(model, tok, rows: list[dict], prompt_fn, cfg: SFTConfig, iteration: in
     model.eval()
     last = losses[-max(1, len(losses) // cfg.epochs):]
     return {"loss": sum(last) / len(last), "first_loss": losses[0], "steps": total,
-            "tokens_per_s": tokens / (time.perf_counter() - start)}
+            "tokens_per_s": tokens / (time.perf_counter() - start), "pad_share": 1 - tokens / max(padded, 1)}
