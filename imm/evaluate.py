@@ -26,7 +26,7 @@ class EvalConfig:
 
 
 def evaluate(model, tok, data, prompt_fn, cfg: EvalConfig, desc: str = "eval") -> dict[str, float]:
-    """Metrics {set: pass@1, set/pass@k: ..., id: mean over ID sets, ood: mean over OOD sets}."""
+    """Metrics {set: pass@1, set/pass_at_k: ..., id[/pass_at_k]: mean over ID sets, ood[/...]: OOD}."""
     metrics: dict[str, float] = {}
     for name, items in data.tests.items():
         outs = complete(model, tok, [prompt_fn(it["question"]) for it in items], n=cfg.n,
@@ -35,9 +35,10 @@ def evaluate(model, tok, data, prompt_fn, cfg: EvalConfig, desc: str = "eval") -
         counts = [(len(o), sum(is_correct(extract_answer(t), it["answer"]) for t in o))
                   for it, o in zip(items, outs, strict=True)]
         for k in cfg.ks:
-            key = name if k == 1 else f"{name}/pass@{k}"
+            key = name if k == 1 else f"{name}/pass_at_{k}"  # MLflow names allow no "@"
             metrics[key] = mean_pass_at_k(counts, k)
     for group, sets in (("id", data.id_sets), ("ood", data.ood_sets)):
-        if sets:
-            metrics[group] = sum(metrics[s] for s in sets) / len(sets)
+        for suffix in ["" if k == 1 else f"/pass_at_{k}" for k in cfg.ks]:
+            if sets:
+                metrics[group + suffix] = sum(metrics[s + suffix] for s in sets) / len(sets)
     return metrics
