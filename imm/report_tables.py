@@ -1,0 +1,361 @@
+"""The report's numbers, as pure functions over run records (no MLflow here, so tests build records by hand).
+
+A run record holds what one MLflow run logged: tags, params and, per metric, {step: value}.
+Step 0 is the base model, steps 1..T the iterations; pass@1 is ``eval/<kind>/<set>`` and pass@k
+``eval/<kind>/<set>/pass@<k>``, with kind base | sft | merged. Values are fractions; tables show percent.
+
+Run through ``python -m imm.report`` (see imm/report.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imm.methods import METHODS
+
+SUMMARY_SETS = ("id", "ood")  # the loop's means over ID and OOD sets; listed after the single sets
+SETTING_KEYS = ("model", "dataset", "p")  # tags that split runs into separate lines or rows when they vary
+# MLflow refuses "@" in metric names, so a run may log pass@k as pass_at_4, pass_4, pass:4, ...;
+# records keep the canonical "pass@4" spelling
+PASSK_RE = re.compile(r"^pass(?:@|_at_|_at|_|-|:)?(\d+)$")
+PARAM_FALLBACK = {"method": "method.name", "alpha": "merge.alpha", "p": "merge.p", "seed": "run.seed",
+                  "model": "model.name", "dataset": "dataset.name"}  # for runs logged without a tag
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    status: str = "FINISHED"
+    experiment: str = ""
+    start_time: int = 0
+    tags: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, dict[int, float]] = field(default_factory=dict)  # key -> {step: value}
+
+    def tag(self, key: str) -> str:
+        return self.tags.get(key) or self.params.get(PARAM_FALLBACK.get(key, key), "")
+
+    @property
+    def method(self) -> str:
+        return self.tag("method")
+
+    @property
+    def alpha(self) -> float:
+        try:
+            return float(self.tag("alpha"))
+        except ValueError:
+            return math.nan
+
+    @property
+    def merges(self) -> bool:
+        """Whether this run's models of interest are merged ones (decides merged vs sft as "final")."""
+        known = METHODS.get(self.method)
+        return known[1] if known else any(k.startswith("eval/merged/") for k in self.metrics)
+
+
+def canonical_key(key: str) -> str:
+    """``eval/sft/ood_mult/pass_at_4`` -> ``eval/sft/ood_mult/pass@4``; other keys unchanged."""
+    head, _, last = key.rpartition("/")
+    m = PASSK_RE.match(last)
+    return f"{head}/pass@{m.group(1)}" if head.count("/") == 2 and m else key
+
+
+@dataclass(frozen=True)
+class Stat:
+    mean: float
+    std: float  # sample std; nan when n < 2
+    n: int
+
+
+def stat(values: list[float]) -> Stat | None:
+    """Mean ± sample std over the present values (None and nan are missing); None when none is present."""
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return None
+    return Stat(statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else math.nan, len(vals))
+
+
+# ---------------------------------------------------------------- selecting runs
+
+def matches(rec: RunRecord, filters: dict[str, str]) -> bool:
+    """KEY=VALUE filters: a dotted key is a param (``run.iterations=3``), any other a tag (``method=imm``)."""
+    for key, want in filters.items():
+        have = rec.params.get(key) if "." in key else rec.tag(key)
+        if have is None or not _same(have, want):
+            return False
+    return True
+
+
+def _same(have: str, want: str) -> bool:
+    try:  # alpha=0.50 matches the tag "0.5"
+        return float(have) == float(want)
+    except ValueError:
+        return have == want
+
+
+def select(records: list[RunRecord], filters: dict[str, str]) -> tuple[list[RunRecord], dict[str, int]]:
+    """FINISHED runs matching the filters, newest run per grid point; returns (runs, {reason: count skipped})."""
+    skipped: dict[str, int] = {}
+    latest: dict[tuple, RunRecord] = {}
+    for rec in records:
+        if not matches(rec, filters):
+            continue
+        if rec.status != "FINISHED":
+            skipped[rec.status] = skipped.get(rec.status, 0) + 1
+            continue
+        key = grid_point(rec)
+        if key in latest:  # a rerun of the same grid point and seed: count it once, the newest wins
+            skipped["rerun"] = skipped.get("rerun", 0) + 1
+            if latest[key].start_time >= rec.start_time:
+                continue
+        latest[key] = rec
+    return sorted(latest.values(), key=lambda r: r.start_time), skipped
+
+
+def grid_point(rec: RunRecord) -> tuple:
+    # α does not change a non-merging run, so a method × α sweep holds copies of it: keep one per seed
+    alpha = rec.tag("alpha") if rec.merges else ""
+    return (rec.experiment, rec.method, alpha, *(rec.tag(k) for k in SETTING_KEYS), rec.tag("seed"))
+
+
+def setting_labeller(records: list[RunRecord]):
+    """A function naming a run's setting (e.g. "p=0.2"), by the setting tags that vary; "" when none does."""
+    varying = [k for k in SETTING_KEYS if len({r.tag(k) for r in records}) > 1]
+    return lambda rec: ", ".join(f"{k}={rec.tag(k)}" for k in varying)
+
+
+def method_order(name: str) -> tuple:
+    order = list(METHODS)
+    return (order.index(name), name) if name in order else (len(order), name)
+
+
+def set_names(records: list[RunRecord]) -> list[str]:
+    """Every set with a pass@1 metric: the single sets sorted, then id and ood."""
+    sets = {key.split("/")[2] for r in records for key in r.metrics
+            if key.startswith("eval/") and key.count("/") == 2}
+    return sorted(sets - set(SUMMARY_SETS)) + [s for s in SUMMARY_SETS if s in sets]
+
+
+# ---------------------------------------------------------------- reading values
+
+def metric_at(rec: RunRecord, key: str, step: int | None = None) -> float | None:
+    """The value at a step (None = the last step logged); None when missing."""
+    hist = rec.metrics.get(key)
+    if not hist:
+        return None
+    return hist.get(max(hist) if step is None else step)
+
+
+def final_kind(rec: RunRecord) -> str:
+    return "merged" if rec.merges else "sft"
+
+
+def final_value(rec: RunRecord, set_name: str, kind: str | None = None, suffix: str = "") -> float | None:
+    """The last iteration's pass@1 (or ``suffix="/pass@k"``) of the final model: merged, else sft."""
+    return metric_at(rec, f"eval/{kind or final_kind(rec)}/{set_name}{suffix}")
+
+
+def base_value(records: list[RunRecord], set_name: str, suffix: str = "") -> Stat | None:
+    """The base model's score, one value per seed (every run of a seed starts from the same model)."""
+    per_seed: dict[str, list[float]] = {}
+    for rec in records:
+        v = metric_at(rec, f"eval/base/{set_name}{suffix}", 0)
+        if v is not None:
+            per_seed.setdefault(rec.tag("seed"), []).append(v)
+    return stat([statistics.fmean(vs) for vs in per_seed.values()])
+
+
+# ---------------------------------------------------------------- the α table (paper Table 3)
+
+@dataclass
+class Grid:
+    """A table of Stats: rows × columns, with a label for the row and column headers."""
+    corner: str
+    rows: list[str]
+    cols: list[str]
+    cells: dict[tuple[str, str], Stat]
+
+
+def alpha_table(records: list[RunRecord], method: str = "imm") -> Grid:
+    """Rows = test sets, columns = α sorted; cell = final pass@1 over seeds (merged model for imm/iimm)."""
+    runs = [r for r in records if r.method == method]
+    label = setting_labeller(runs)
+    alphas = sorted({r.alpha for r in runs})
+    rows = [(s, setting) for setting in sorted({label(r) for r in runs}) for s in set_names(runs)]
+    cells: dict[tuple[str, str], Stat] = {}
+    for set_name, setting in rows:
+        for a in alphas:
+            group = [r for r in runs if r.alpha == a and label(r) == setting]
+            cell = stat([final_value(r, set_name) for r in group])
+            if cell is not None:
+                cells[(_row_name(set_name, setting), _fmt_alpha(a))] = cell
+    return Grid("α", [_row_name(s, g) for s, g in rows], [_fmt_alpha(a) for a in alphas], cells)
+
+
+def _row_name(set_name: str, setting: str) -> str:
+    return f"{set_name} ({setting})" if setting else set_name
+
+
+def _fmt_alpha(a: float) -> str:
+    return "?" if math.isnan(a) else f"{a:g}"
+
+
+# ---------------------------------------------------------------- the methods summary
+
+def methods_summary(records: list[RunRecord]) -> list[dict[str, object]]:
+    """One row per (setting, method, α) plus Base: final ID/OOD pass@1 over seeds (merged for imm/iimm)."""
+    label = setting_labeller(records)
+    groups: dict[tuple, list[RunRecord]] = {}
+    for r in records:
+        alpha = _fmt_alpha(r.alpha) if r.merges else "–"
+        groups.setdefault((label(r), method_order(r.method), alpha), []).append(r)
+    out = []
+    for setting in sorted({k[0] for k in groups}):
+        runs = [r for k, rs in groups.items() if k[0] == setting for r in rs]
+        base = {s: base_value(runs, s) for s in SUMMARY_SETS}
+        out.append(_summary_row(setting, "Base", "–", len({r.tag("seed") for r in runs}), base))
+        for key in sorted(k for k in groups if k[0] == setting):
+            rs = groups[key]
+            vals = {s: stat([final_value(r, s) for r in rs]) for s in SUMMARY_SETS}
+            out.append(_summary_row(setting, key[1][1], key[2], len(rs), vals))
+    return out
+
+
+def _summary_row(setting: str, method: str, alpha: str, n: int, vals: dict) -> dict[str, object]:
+    row: dict[str, object] = {"setting": setting} if setting else {}
+    return {**row, "method": method, "α": alpha, "n": n, "ID": vals["id"], "OOD": vals["ood"]}
+
+
+# ---------------------------------------------------------------- iteration curves (Figs 6/7)
+
+def stage_labels(iterations: int) -> list[str]:
+    """The shared x axis: Base, SFT 1, Merge 1, SFT 2, ... (x position = index)."""
+    return ["Base"] + [f"{kind} {t}" for t in range(1, iterations + 1) for kind in ("SFT", "Merge")]
+
+
+def curve_runs(records: list[RunRecord], alpha: float) -> list[RunRecord]:
+    """Merging runs at α (non-merging runs do not depend on α, so all of them)."""
+    return [r for r in records if not r.merges or math.isclose(r.alpha, alpha)]
+
+
+def iteration_points(records: list[RunRecord], sets: list[str]) -> list[dict[str, object]]:
+    """Tidy rows (setting, method, set, stage, x, mean, std, n), one per point of each method's line."""
+    label = setting_labeller(records)
+    lines: dict[tuple, list[RunRecord]] = {}
+    for r in records:
+        lines.setdefault((label(r), method_order(r.method)), []).append(r)
+    rows = []
+    for (setting, (_, method)), runs in sorted(lines.items()):
+        steps = sorted({s for r in runs for k, h in r.metrics.items() if k.startswith("eval/") for s in h})
+        kinds = [("Merge", "merged"), ("SFT", "sft")] if runs[0].merges else [("SFT", "sft")]
+        for set_name in sets:
+            points = [("Base", 0, "base", 0)] + [
+                (f"{name} {t}", 2 * t - (name == "SFT"), kind, t) for t in steps if t > 0 for name, kind in kinds]
+            for stage, x, kind, step in sorted(points, key=lambda p: p[1]):
+                s = stat([metric_at(r, f"eval/{kind}/{set_name}", step) for r in runs])
+                if s is not None:
+                    rows.append({"setting": setting, "method": method, "set": set_name, "stage": stage, "x": x,
+                                 "mean": s.mean, "std": s.std, "n": s.n})
+    return rows
+
+
+# ---------------------------------------------------------------- pass@k (Figs 8/13)
+
+def passk_sets(records: list[RunRecord]) -> dict[str, list[int]]:
+    """Sets with pass@k metrics and their ks (1 included: pass@1 is logged without a suffix)."""
+    found: dict[str, set[int]] = {}
+    for r in records:
+        for key in r.metrics:
+            parts = key.split("/")
+            if len(parts) == 4 and parts[0] == "eval" and parts[3].startswith("pass@"):
+                found.setdefault(parts[2], {1}).add(int(parts[3][len("pass@"):]))
+    return {s: sorted(ks) for s, ks in sorted(found.items())}
+
+
+def passk_points(records: list[RunRecord], ks_by_set: dict[str, list[int]]) -> list[dict[str, object]]:
+    """Tidy rows (line, set, k, mean, std, n): Base, each method's final model, and the SFT model under merges."""
+    label = setting_labeller(records)
+    lines: dict[str, list[tuple[RunRecord, str]]] = {}
+    for r in sorted(records, key=lambda r: method_order(r.method)):
+        name = r.method + (f" ({label(r)})" if label(r) else "")
+        lines.setdefault(name, []).append((r, final_kind(r)))
+        if r.merges:
+            lines.setdefault(f"{name} SFT", []).append((r, "sft"))
+    rows = []
+    for set_name, ks in ks_by_set.items():
+        for k in ks:
+            suffix = "" if k == 1 else f"/pass@{k}"
+            base = base_value(records, set_name, suffix)
+            if base is not None:
+                rows.append({"line": "Base", "set": set_name, "k": k, "mean": base.mean, "std": base.std, "n": base.n})
+            for name, pairs in lines.items():
+                s = stat([final_value(r, set_name, kind, suffix) for r, kind in pairs])
+                if s is not None:
+                    rows.append({"line": name, "set": set_name, "k": k, "mean": s.mean, "std": s.std, "n": s.n})
+    return rows
+
+
+# ---------------------------------------------------------------- rendering
+
+def fmt(s: Stat | None, ref_n: int = 0) -> str:
+    """Percent with one decimal: "38.8 ± 1.2", "38.8" for one seed, "" when missing; "(n=2)" off the usual n."""
+    if s is None:
+        return ""
+    text = f"{100 * s.mean:.1f}" if s.n < 2 else f"{100 * s.mean:.1f} ± {100 * s.std:.1f}"
+    return text + (f" (n={s.n})" if ref_n and s.n != ref_n else "")
+
+
+def grid_text(g: Grid) -> tuple[list[str], list[list[str]], str]:
+    """Header, rows of cell strings and the footnote on seeds."""
+    ns = [c.n for c in g.cells.values()]
+    ref = max(set(ns), key=ns.count) if ns else 0  # the usual seed count; other counts are marked in the cell
+    body = [[r] + [fmt(g.cells.get((r, c)), ref) for c in g.cols] for r in g.rows]
+    note = (f"pass@1 (%) of the final iteration; mean ± sample std over n={ref} seeds"
+            if ref > 1 else "pass@1 (%) of the final iteration; one seed per cell")
+    if any(n != ref for n in ns):
+        note += "; a cell over another number of seeds shows its n"
+    return [g.corner, *g.cols], body, note
+
+
+def markdown(header: list[str], body: list[list[str]], note: str = "") -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines) + (f"\n\n{note}\n" if note else "\n")
+
+
+LATEX_ESCAPES = {"_": r"\_", "%": r"\%", "±": r"$\pm$", "α": r"$\alpha$"}
+
+
+def latex(header: list[str], body: list[list[str]], caption: str) -> str:
+    esc = lambda s: "".join(LATEX_ESCAPES.get(ch, ch) for ch in s)  # noqa: E731
+    lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "c" * (len(header) - 1) + "}",
+             r"\toprule", " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
+    lines += [" & ".join(esc(c) for c in row) + r" \\" for row in body]
+    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{esc(caption)}}}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, header: list[str], body: list[list[object]]) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(body)
+    return path
+
+
+def write_records(path: Path, rows: list[dict[str, object]]) -> Path:
+    header = list(dict.fromkeys(k for row in rows for k in row))
+    return write_csv(path, header, [[_cell(row.get(k)) for k in header] for row in rows])
+
+
+def _cell(v: object) -> object:
+    if isinstance(v, Stat):
+        return fmt(v)
+    if isinstance(v, float) and math.isnan(v):
+        return ""
+    return "" if v is None else v
