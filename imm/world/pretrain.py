@@ -1,19 +1,29 @@
-"""Pretrain the testbed world's tiny base model from scratch, on CPU, and ship it.
+"""Pretrain the testbed world's tiny base model from scratch (CPU by default) and ship it.
 
-Exact command that produced the shipped assets (``imm/assets/testbed``)::
+Command (all defaults are the shipped settings)::
 
     python -m imm.world.pretrain --out imm/assets/testbed --seed 0
+
+The shipped weights in ``imm/assets/testbed`` came from exactly this command with ``--seed 2
+--device cuda`` (one of seeds 0-6 run with identical settings on one GPU, about 40 s each; the
+CPU was shared and ran at ~4 s/step). ``pretrain.json`` holds that run's record, the results of
+all seven seeds (``seed_sweep``: the world is learned in a fast, noisy phase, so seeds differ a
+lot) and a re-measurement on CPU (``cpu_eval``, from ``--evaluate``). On an idle 2-core CPU a run
+is about 2 steps/s, i.e. 5-8 minutes; CPU and GPU arithmetic differ, so a CPU rerun gives a
+statistically similar, not an identical, model.
 
 It builds the word-level tokenizer (:mod:`imm.world.tokenizer`), a ~1M-parameter
 ``Qwen2ForCausalLM`` (hidden 128, 4 layers, 4 heads, 2 KV heads, MLP 512, tied embeddings), and
 trains it with plain PyTorch (AdamW, linear warm-up + cosine decay) on a mix of the world's
 families (:mod:`imm.world.problems`): the in-domain family in full step-by-step styles *and*
 shortcut styles (one merged equation, or the bare answer), the out-of-domain families in full
-styles only and with fewer examples so that they stay weaker. Training stops at ``--steps`` or,
-with ``--stop-at``, at the first evaluation (every ``--eval-every`` steps after
-``--min-steps``) where greedy accuracy on a held-out ID dev set (train split, seed 10_000 — never
-the test split) reaches ``--stop-at``. The rule is deterministic for a given seed and machine, and
-is recorded in ``pretrain.json``.
+styles only and with fewer examples so that they stay weaker. Training runs a cosine schedule over
+``--steps`` and stops early at the first evaluation (every ``--eval-every`` steps from
+``--min-steps`` on) where greedy accuracy on a held-out ID dev set (train split, seed 10_000 — never
+the test split) lies in ``[--stop-at, --stop-below]`` (default [0.35, 0.50]; ``--no-early-stop``
+turns it off). The world is learned in a fast, noisy phase, so a fixed step count lands ID
+anywhere between 0.3 and 0.9 across seeds; the dev rule pins the base model's ID accuracy. The
+rule is deterministic for a given seed and machine, and is recorded in ``pretrain.json``.
 
 Finally it measures greedy accuracy on every family's test split (seed 0, ``--eval-n`` items) and
 writes ``model.safetensors`` + config, the tokenizer files, and ``pretrain.json`` (settings, seed,
@@ -36,7 +46,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from imm.answers import extract_answer, is_correct
 from imm.world.problems import (
-    FAMILIES, FULL_STYLES, ID_FAMILY, OOD_FAMILIES, SHORTCUT_STYLES, format_prompt, make_split,
+    FAMILIES, ID_FAMILY, OOD_FAMILIES, SHORTCUT_STYLES, format_prompt, make_split,
     render, sample_problems,
 )
 from imm.world.tokenizer import build_tokenizer
@@ -61,8 +71,11 @@ def build_corpus(args) -> list[str]:
     rng = random.Random(f"corpus|{args.seed}")
     texts: list[str] = []
     plan = {ID_FAMILY: args.n_id, **{f: args.n_ood for f in OOD_FAMILIES}}
-    if args.n_mult is not None:
-        plan["ood_mult"] = args.n_mult
+    for spec in args.n_family:
+        fam, n = spec.split("=")
+        if fam not in FAMILIES:
+            raise SystemExit(f"--n-family: unknown family {fam!r}")
+        plan[fam] = int(n)
     shortcut_w = [args.merged_share, args.direct_share]
     for fam, n in plan.items():
         styles = FAMILIES[fam].full_styles
@@ -74,17 +87,6 @@ def build_corpus(args) -> list[str]:
             texts.append(format_prompt(p.question) + " " + render(p, style))
     rng.shuffle(texts)
     return texts
-
-
-def vocab_texts() -> list[str]:
-    """Texts covering the world's whole vocabulary (all families, all styles, all splits)."""
-    out = []
-    for fam in FAMILIES:
-        for split in ("pretrain", "train", "test"):
-            for p in sample_problems(fam, split, 300, 0):
-                out += [format_prompt(p.question) + " " + render(p, s)
-                        for s in FULL_STYLES + SHORTCUT_STYLES]
-    return out
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -180,9 +182,10 @@ def parse_args(argv=None):
     ap.add_argument("--kv-heads", type=int, default=2)
     ap.add_argument("--intermediate", type=int, default=512)
     # data mix
-    ap.add_argument("--n-id", type=int, default=30000)
-    ap.add_argument("--n-ood", type=int, default=4000, help="pretraining problems per OOD family")
-    ap.add_argument("--n-mult", type=int, default=None, help="override --n-ood for ood_mult")
+    ap.add_argument("--n-id", type=int, default=15000)
+    ap.add_argument("--n-ood", type=int, default=3000, help="pretraining problems per OOD family")
+    ap.add_argument("--n-family", nargs="*", default=[], metavar="FAMILY=N",
+                    help="per-family overrides of the pretraining problem counts")
     ap.add_argument("--merged-share", type=float, default=0.2, help="ID texts in merged shortcut style")
     ap.add_argument("--direct-share", type=float, default=0.15, help="ID texts as bare answers")
     # optimisation
@@ -194,27 +197,83 @@ def parse_args(argv=None):
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--clip", type=float, default=1.0)
     # early stopping and evaluation
-    ap.add_argument("--stop-at", type=float, default=None,
-                    help="stop at the first eval whose ID dev accuracy reaches this")
-    ap.add_argument("--min-steps", type=int, default=300)
-    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--stop-at", type=float, default=0.35,
+                    help="stop at the first eval whose ID dev accuracy is in [stop-at, stop-below]")
+    ap.add_argument("--stop-below", type=float, default=0.50)
+    ap.add_argument("--no-early-stop", dest="stop_at", action="store_const", const=None)
+    ap.add_argument("--min-steps", type=int, default=500)
+    ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--dev-n", type=int, default=200)
     ap.add_argument("--eval-n", type=int, default=400, help="test items per family")
     ap.add_argument("--track-every", type=int, default=0,
                     help="tuning only: evaluate every family's test split every N steps")
     ap.add_argument("--track-n", type=int, default=200)
     ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--evaluate", metavar="DIR", default=None,
+                    help="only re-measure the model saved in DIR on this machine (adds cpu_eval "
+                         "to DIR/pretrain.json)")
     return ap.parse_args(argv)
+
+
+def diversity(model, tok, n: int = 50, k: int = 4, temperatures=(0.2, 0.4, 0.6), seed: int = 0) -> dict:
+    """Sampling check on ID train questions: k samples per question at each temperature.
+
+    Reports the share of correct samples, the mean number of distinct correct texts per question,
+    and the style mix of the correct samples (how diverse self-generated training data would be).
+    """
+    items = make_split(ID_FAMILY, "train", n, DEV_SEED + 1)
+    out = {}
+    for t in temperatures:
+        torch.manual_seed(seed)
+        prompts = [format_prompt(it["question"]) for it in items for _ in range(k)]
+        texts = generate(model, tok, prompts, do_sample=True, temperature=t, batch_size=200)
+        correct, distinct, styles = 0, 0, {}
+        for i, it in enumerate(items):
+            ok = [x.strip() for x in texts[i * k:(i + 1) * k]
+                  if is_correct(extract_answer(x), it["answer"])]
+            correct += len(ok)
+            distinct += len(set(ok))
+            for x in ok:
+                styles[style_of(x)] = styles.get(style_of(x), 0) + 1
+        out[str(t)] = {"correct_share": correct / (n * k), "distinct_correct_per_question": distinct / n,
+                       "correct_styles": {a: b / max(1, correct) for a, b in sorted(styles.items())}}
+    return out
+
+
+def evaluate_dir(path: str, eval_n: int, threads: int) -> dict:
+    """Re-measure a saved model on this machine (CPU): greedy test accuracy and sampling diversity.
+
+    The result is stored under ``cpu_eval`` in ``path/pretrain.json``.
+    """
+    from imm.world.tokenizer import load_tokenizer
+    torch.set_num_threads(threads)
+    t0 = time.time()
+    model = Qwen2ForCausalLM.from_pretrained(path)
+    tok = load_tokenizer(path)
+    res = {f: evaluate(model, tok, make_split(f, "test", eval_n, 0))
+           for f in (ID_FAMILY,) + OOD_FAMILIES}
+    rec = {"device": "cpu", "torch": torch.__version__, "eval_n": eval_n,
+           "test_accuracy": {f: r["accuracy"] for f, r in res.items()},
+           "test_styles": {f: r["styles"] for f, r in res.items()},
+           "sampling_diversity": diversity(model, tok), "seconds": round(time.time() - t0, 1)}
+    f = Path(path) / "pretrain.json"
+    full = json.loads(f.read_text()) if f.exists() else {}
+    full["cpu_eval"] = rec
+    f.write_text(json.dumps(full, indent=2) + "\n")
+    print(json.dumps(rec, indent=2))
+    return rec
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.evaluate:
+        return evaluate_dir(args.evaluate, args.eval_n, args.threads)
     t0 = time.time()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
 
-    tok = build_tokenizer(vocab_texts())
+    tok = build_tokenizer()
     texts = build_corpus(args)
     encoded = [tok(t)["input_ids"] + [tok.eos_token_id] for t in texts]
     assert all(tok.unk_token_id not in e for e in encoded), "unknown token in the corpus"
@@ -259,7 +318,7 @@ def main(argv=None) -> dict:
             acc = evaluate(model, tok, dev)["accuracy"]
             history.append({"step": done, "loss": loss.item(), "dev_id_accuracy": acc})
             tqdm.write(f"step {done}: loss {loss.item():.3f} dev ID acc {acc:.3f}")
-            if acc >= args.stop_at:
+            if args.stop_at <= acc <= args.stop_below:
                 stopped_early = True
                 break
     steps_run = step + 1
@@ -284,7 +343,8 @@ def main(argv=None) -> dict:
         "stopped_early": stopped_early, "early_stop_rule": (
             None if args.stop_at is None else
             f"stop at the first multiple of {args.eval_every} steps >= {args.min_steps} where greedy "
-            f"accuracy on {args.dev_n} ID train-split items (seed {DEV_SEED}) >= {args.stop_at}"),
+            f"accuracy on {args.dev_n} ID train-split items (seed {DEV_SEED}) is in "
+            f"[{args.stop_at}, {args.stop_below}]; else train all {args.steps} steps"),
         "history": history, "n_params": n_params, "vocab_size": len(tok),
         "corpus_texts": len(texts), "corpus_tokens": n_tokens, "seen_tokens": seen_tokens,
         "train_seconds": round(train_time, 1), "wall_seconds": round(wall, 1),

@@ -4,7 +4,7 @@ One in-domain family (``ID_FAMILY``) and several out-of-domain families (``OOD_F
 
 - ``id_addsub``     two-step add/subtract stories, start 10-39, changes 1-9 (the "GSM8K" of the world).
 - ``ood_wording``   the same two-step skill, other wording (boxes, shops, classes) and bigger changes
-                    (10-29), so a one-step shortcut no longer works.
+                    (5-19), so a one-step shortcut often fails.
 - ``ood_mult``      one multiplication step (bags x items per bag), then one add/subtract step.
 - ``ood_multistep`` three or four add/subtract steps with ID-sized numbers.
 
@@ -179,7 +179,7 @@ def gen_id_addsub(rng: random.Random) -> Problem:
 def gen_ood_wording(rng: random.Random) -> Problem:
     obj = rng.choice(OBJECTS)
     a = rng.randint(20, 59)
-    ops = _two_ops(rng, a, 10, 29)
+    ops = _two_ops(rng, a, 5, 19)
     g = next(x for s, x in ops if s == "+")
     l = next(x for s, x in ops if s == "-")
     gain_first = ops[0][0] == "+"
@@ -257,7 +257,7 @@ FAMILIES: dict[str, Family] = {
     "id_addsub": Family("id_addsub", gen_id_addsub, FULL_STYLES,
                         "two-step add/subtract stories, start 10-39, changes 1-9"),
     "ood_wording": Family("ood_wording", gen_ood_wording, FULL_STYLES,
-                          "two-step add/subtract, other wording, changes 10-29"),
+                          "two-step add/subtract, other wording, changes 5-19"),
     "ood_mult": Family("ood_mult", gen_ood_mult, ("steps", "labeled", "story"),
                        "one multiplication (2-9 x 2-9) then one add/subtract step"),
     "ood_multistep": Family("ood_multistep", gen_ood_multistep, ("steps", "labeled", "story"),

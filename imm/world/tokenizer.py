@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerFast
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD, EOS, UNK)
 SPLIT_PATTERN = r" ?[A-Za-z']+| ?[^\sA-Za-z0-9]|[0-9]|\s"
-MODEL_MAX_LENGTH = 256
+MODEL_MAX_LENGTH = 512  # = the model's max_position_embeddings
 
 
 def _backend() -> Tokenizer:
@@ -32,12 +32,25 @@ def _backend() -> Tokenizer:
     return tok
 
 
-def build_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
-    """Train the word-level vocabulary on ``texts`` (all digits are always in it)."""
+def world_texts(per_split: int = 300) -> list[str]:
+    """Texts covering the world's whole vocabulary: every family, split and solution style."""
+    from imm.world.problems import (FAMILIES, FULL_STYLES, SHORTCUT_STYLES, format_prompt, render,
+                                    sample_problems)
+    out = []
+    for fam in FAMILIES:
+        for split in ("pretrain", "train", "test"):
+            for p in sample_problems(fam, split, per_split, 0):
+                out += [format_prompt(p.question) + " " + render(p, s)
+                        for s in FULL_STYLES + SHORTCUT_STYLES]
+    return out
+
+
+def build_tokenizer(texts: Iterable[str] = ()) -> PreTrainedTokenizerFast:
+    """Train the word-level vocabulary on the world's texts plus ``texts`` (all digits included)."""
     tok = _backend()
     trainer = trainers.WordLevelTrainer(special_tokens=list(SPECIAL_TOKENS), min_frequency=1)
     seed_text = ["0 1 2 3 4 5 6 7 8 9 + - * = . , ? : ' \n"]
-    tok.train_from_iterator(list(seed_text) + list(texts), trainer=trainer)
+    tok.train_from_iterator(seed_text + world_texts() + list(texts), trainer=trainer)
     return wrap(tok)
 
 
