@@ -138,7 +138,7 @@ def main(argv=None) -> None:
     data = load_data(DatasetConfig(n_train=1, n_test=400))
     n_items = sum(len(v) for v in data.tests.values())
     start = time.perf_counter()
-    evaluate(model, tok, data, problems.format_prompt, EvalConfig(max_new_tokens=args.max_new))
+    evaluate(model, tok, data, lambda it: problems.format_prompt(it["question"]), EvalConfig(max_new_tokens=args.max_new))
     took = time.perf_counter() - start
     print(f"\n## evaluation: greedy pass@1, {n_items} items: {n_items / took:.0f} items/s ({took:.1f} s)")
 

@@ -9,6 +9,7 @@ validates every job of the grid before the launcher submits any.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -39,6 +40,7 @@ class RunConfig:
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: Optional[ModelConfig] = None  # distillation (paper §5.4): this model samples the training data
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)

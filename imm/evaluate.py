@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List
 
-from imm.answers import extract_answer, is_correct
 from imm.generate import complete
+from imm.grading import correctness
 from imm.passk import mean_pass_at_k
 
 
@@ -29,11 +29,10 @@ def evaluate(model, tok, data, prompt_fn, cfg: EvalConfig, desc: str = "eval") -
     """Metrics {set: pass@1, set/pass_at_k: ..., id[/pass_at_k]: mean over ID sets, ood[/...]: OOD}."""
     metrics: dict[str, float] = {}
     for name, items in data.tests.items():
-        outs = complete(model, tok, [prompt_fn(it["question"]) for it in items], n=cfg.n,
+        outs = complete(model, tok, [prompt_fn(it) for it in items], n=cfg.n,
                         temperatures=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                         batch_size=cfg.batch_size, desc=f"{desc} {name}")
-        counts = [(len(o), sum(is_correct(extract_answer(t), it["answer"]) for t in o))
-                  for it, o in zip(items, outs, strict=True)]
+        counts = [(len(o), sum(ok)) for o, ok in zip(outs, correctness(outs, items))]
         for k in cfg.ks:
             key = name if k == 1 else f"{name}/pass_at_{k}"  # MLflow names allow no "@"
             metrics[key] = mean_pass_at_k(counts, k)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from imm.answers import extract_answer, is_correct
+from imm.grading import correctness
 
 
 @dataclass
@@ -27,8 +27,9 @@ def keep_correct(items: list[dict], samples: list[list[dict]], iteration: int) -
     """The correct samples as training rows {question, answer, response, temperature, iteration}."""
     kept: list[dict] = []
     covered = 0
-    for item, group in zip(items, samples, strict=True):
-        good = [s for s in group if is_correct(extract_answer(s["text"]), item["answer"])]
+    verdicts = correctness([[s["text"] for s in group] for group in samples], items)
+    for item, group, ok in zip(items, samples, verdicts, strict=True):
+        good = [s for s, right in zip(group, ok) if right]
         covered += bool(good)
         kept += [{"question": item["question"], "answer": item["answer"], "response": s["text"],
                   "temperature": s["temperature"], "iteration": iteration} for s in good]

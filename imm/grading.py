@@ -265,3 +265,11 @@ def grade_groups(groups: list[list[str]], items: list[dict], workers: int = 2, t
         out.append(flat[at:at + len(g)])
         at += len(g)
     return out
+
+
+def correctness(groups: list[list[str]], items: list[dict]) -> list[list[bool]]:
+    """Correctness of each sample of each item: numeric checks in process (pure Python, fast),
+    LaTeX and multiple choice through the forked, time-limited workers."""
+    if all(item.get("kind", "numeric") == "numeric" for item in items):
+        return [[grade(t, item) for t in g] for g, item in zip(groups, items, strict=True)]
+    return grade_groups(groups, items)

@@ -39,18 +39,20 @@ class Result:
 
 def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
     data = load_data(cfg.dataset)
-    ctx = steps.Context(cfg, store, data, load_tokenizer(cfg.model.path))
+    ctx = steps.Context(cfg, store, data, load_tokenizer(cfg.model.path),
+                        load_tokenizer(cfg.teacher.path) if cfg.teacher else None)
     result = Result(sets=list(data.tests))
     stage = _Stages(result, tracker)
 
-    base = steps.base_ref(cfg)
+    base = steps.base_ref(cfg.model)
+    teacher = steps.base_ref(cfg.teacher, teacher=True) if cfg.teacher else None
     with stage("evaluate", 0):
         stage.record("Base", "base", 0, steps.evaluate_stage(ctx, base))
     model, kept_keys, history = base, [], []
     for t in range(cfg.run.iterations):
         step, prev = t + 1, model  # prev: θ_prev, the model this iteration starts from
         with stage("generate", step):
-            kept_key, kept, y = steps.synthesize_stage(ctx, model, t)
+            kept_key, kept, y = steps.synthesize_stage(ctx, teacher or model, t)  # distillation: the teacher samples
         kept_keys.append(kept_key)
         history.append(kept)
         tracker.metrics({f"gen/{k}": v for k, v in y.items()}, step)

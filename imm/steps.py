@@ -17,7 +17,7 @@ from imm.evaluate import evaluate
 from imm.filtering import keep_correct
 from imm.importance import layer_importance
 from imm.merge import merge_state_dicts
-from imm.models import load_model, set_weights, weights
+from imm.models import ModelConfig, load_model, set_weights, weights
 from imm.stages import StageStore, digest, read_json, read_jsonl, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 class ModelRef:
     key: str
     path: Path
+    teacher: bool = False  # loaded with the teacher's config and tokenizer
 
 
 @dataclass
@@ -35,16 +36,23 @@ class Context:
     store: StageStore
     data: Data
     tok: object
+    teacher_tok: object = None
     _key: str | None = None  # the model held in memory
     _model: object = None
     _base: dict | None = None
 
     def prompt(self, question: str) -> str:
+        """The training prompt (SFT, importance): the configured template."""
         return self.cfg.prompt.format(question=question)
+
+    def item_prompt(self, item: dict) -> str:
+        """The sampling / evaluation prompt: the item's own (few-shot benchmarks) or the template."""
+        return item.get("prompt") or self.prompt(item["question"])
 
     def load(self, ref: ModelRef):
         if self._key != ref.key:
-            self._model, self._key = load_model(self.cfg.model, str(ref.path)), ref.key
+            cfg = self.cfg.teacher if ref.teacher else self.cfg.model
+            self._model, self._key = load_model(cfg, str(ref.path)), ref.key
         return self._model
 
     def take(self, ref: ModelRef):
@@ -62,12 +70,12 @@ class Context:
         return self._base
 
 
-def base_ref(cfg: Config) -> ModelRef:
-    """The base model's identity: its path, dtype and the sizes of its weight files."""
-    path = Path(cfg.model.path)
+def base_ref(model: ModelConfig, teacher: bool = False) -> ModelRef:
+    """A pretrained model's identity: its path, dtype and the sizes of its weight files."""
+    path = Path(model.path)
     files = sorted((p.name, p.stat().st_size) for p in path.glob("*.safetensors")) if path.is_dir() else []
-    return ModelRef(digest({"path": str(path.resolve()) if path.is_dir() else cfg.model.path,
-                            "dtype": cfg.model.dtype, "files": files}), path)
+    return ModelRef(digest({"path": str(path.resolve()) if path.is_dir() else model.path,
+                            "dtype": model.dtype, "files": files}), path, teacher)
 
 
 def data_key(ctx: Context, split: str) -> str:
@@ -80,7 +88,7 @@ def evaluate_stage(ctx: Context, model: ModelRef) -> dict[str, float]:
     key = ctx.store.key("evaluate", model=model.key, eval=asdict(ctx.cfg.eval), tests=data_key(ctx, "test"))
 
     def compute(tmp: Path) -> None:
-        write_json(tmp / "metrics.json", evaluate(ctx.load(model), ctx.tok, ctx.data, ctx.prompt, ctx.cfg.eval))
+        write_json(tmp / "metrics.json", evaluate(ctx.load(model), ctx.tok, ctx.data, ctx.item_prompt, ctx.cfg.eval))
 
     path, _ = ctx.store.get_or_compute("evaluate", key, compute)
     return read_json(path / "metrics.json")
@@ -92,8 +100,9 @@ def synthesize_stage(ctx: Context, model: ModelRef, t: int) -> tuple[str, list[d
                         train=data_key(ctx, "train"))
 
     def compute(tmp: Path) -> None:
-        prompts = [ctx.prompt(item["question"]) for item in ctx.data.train]
-        samples = generate.synthesize(ctx.load(model), ctx.tok, prompts, ctx.cfg.generate, t)
+        prompts = [ctx.item_prompt(item) for item in ctx.data.train]
+        tok = ctx.teacher_tok if model.teacher else ctx.tok
+        samples = generate.synthesize(ctx.load(model), tok, prompts, ctx.cfg.generate, t)
         kept, y = keep_correct(ctx.data.train, samples, t)
         write_jsonl(tmp / "kept.jsonl", kept)
         write_json(tmp / "yield.json", {"sampled": y.sampled, "kept": y.kept, "questions": y.questions,

@@ -103,3 +103,28 @@ def test_hub_path_loads_every_config(monkeypatch):
     assert calls == [("cais/mmlu", s, "test") for s in MMLU_STEM]
     assert len(items) == 3 and items[0]["answer"] == "C" and items[0]["id"] == "mmlu_stem/test/0"
     assert len(MMLU_STEM) == 18 and "anatomy" not in MMLU_STEM
+
+
+def test_benchmark_suite_loads_with_few_shot_prompts():
+    """dataset.kind=benchmarks: train on one benchmark, evaluate ID and OOD sets, from local files."""
+    from imm.data import DatasetConfig, load_data
+
+    files = {name: str(FIX / name / "test.jsonl") for name in ("gsm8k", "asdiv", "mathqa")}
+    cfg = DatasetConfig(name="gsm8k", kind="benchmarks", train_set="gsm8k", test_sets=["gsm8k", "asdiv", "mathqa"],
+                        files=files, shots=2, n_test=2)
+    data = load_data(cfg)
+    assert data.id_sets == ["gsm8k"] and data.ood_sets == ["asdiv", "mathqa"]
+    assert all(len(items) <= 2 for items in data.tests.values())
+    prompt = data.train[0]["prompt"]
+    assert prompt.count("Let's think step by step.") == 3  # two worked examples, then the question
+    assert prompt.rstrip().endswith("### Response: Let's think step by step.")
+    assert data.tests["mathqa"][0]["kind"] == "choice"
+
+
+def test_benchmark_without_hub_needs_a_file():
+    from imm.data import DatasetConfig
+
+    with pytest.raises(FileNotFoundError, match="dataset.files.mawps"):
+        DatasetConfig(kind="benchmarks", train_set="gsm8k", test_sets=["mawps"])
+    with pytest.raises(KeyError, match="valid"):
+        DatasetConfig(kind="benchmarks", train_set="gsm9k")

@@ -106,3 +106,18 @@ def test_bad_grid_point_stops_before_any_job(tmp_path):
     assert "merge.alpha=1.5 must lie in [0, 1]" in out.stderr + out.stdout
     assert not list(tmp_path.glob("jobs/*/config.yaml"))  # no job started, not even the valid one
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_distillation_teacher_that_keeps_nothing(tmp_path, tiny_model):
+    """A teacher samples the training data; this (random) teacher gets nothing right, so every
+    iteration keeps no sample: yield 0 is recorded and the student is left unchanged."""
+    out = imm_main("method=imm", "+model@teacher=testbed", f"teacher.path={tiny_model}", "teacher.name=random",
+                   outputs=tmp_path)
+    assert "kept no sample: the model is left unchanged" in out.stdout + out.stderr
+    client, runs = runs_of(tmp_path)
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "gen/yield")] == [0.0, 0.0]
+    base = run.data.metrics["eval/base/id"]
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "eval/sft/id")] == [base, base]
+    assert "teacher.path" in run.data.params
