@@ -8,6 +8,7 @@ validates every job of the grid before the launcher submits any.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -64,8 +65,26 @@ def register() -> None:
     ConfigStore.instance().store(name="schema", node=Config)
 
 
+def unknown_keys(node: DictConfig, path: str = "") -> list[str]:
+    """Keys a typed node does not declare (``+merge.alhpa=0.5`` slips past Hydra's struct mode)."""
+    out = []
+    kind = OmegaConf.get_type(node)
+    declared = {f.name for f in dataclasses.fields(kind)} if dataclasses.is_dataclass(kind) else None
+    for key in node.keys():
+        full = f"{path}{key}"
+        if declared is not None and key not in declared:
+            out.append(full)
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
+            out += unknown_keys(child, full + ".")
+    return out
+
+
 def validate(cfg: DictConfig) -> Config:
     """The config as typed objects; raises naming the field on a bad value or missing file."""
+    extra = unknown_keys(cfg)
+    if extra:
+        raise ValueError(f"unknown config keys: {', '.join(extra)}")
     return OmegaConf.to_object(cfg)
 
 

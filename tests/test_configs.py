@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
+from omegaconf.errors import ValidationError
 
 from imm.config import validate
 
@@ -51,10 +52,14 @@ def test_bad_values_name_the_field(override, match):
 
 
 def test_wrong_type_and_unknown_key_fail_at_compose():
-    with pytest.raises(ValidationError, match="alpha"):
+    with pytest.raises(ConfigCompositionException, match="merge.alpha") as bad_type:
         compose_cfg("merge.alpha=abc")
-    with pytest.raises(ConfigKeyError, match="alhpa"):
+    assert isinstance(bad_type.value.__cause__, ValidationError)  # "could not be converted to Float"
+    with pytest.raises(ConfigCompositionException, match="alhpa") as unknown:
         compose_cfg("merge.alhpa=0.5")
+    assert "not in 'MergeConfig'" in str(unknown.value.__cause__)
+    with pytest.raises(ValueError, match="unknown config keys: merge.alhpa"):  # appended keys fail validation
+        validate(compose_cfg("+merge.alhpa=0.5"))
     with pytest.raises(Exception, match="method"):
         compose_cfg("method=nonexistent")
 
