@@ -40,7 +40,10 @@ class ValidateSweep(Callback):
             try:
                 typed.append(validate(job_cfg))
             except Exception as e:
-                raise ValueError(f"job #{i} ({' '.join(overrides)}) has a bad config: {e}") from e
+                # Hydra turns a callback's Exception into a warning and launches anyway; SystemExit
+                # is not an Exception, so it stops the sweep here, with nothing run.
+                raise SystemExit(f"imm: job #{i} ({' '.join(overrides)}) has a bad config, nothing was "
+                                 f"launched: {type(e).__name__}: {e}") from e
         stores = {(c.tracking.uri, c.tracking.experiment): c.tracking for c in typed if c.tracking.enabled}
         for tracking in stores.values():
             ensure_store(tracking)
