@@ -62,7 +62,8 @@ class StageStore:
             self.reused.append(stage)
             return final, None
         final.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(f"{final}.lock"):
+        (self.root / ".locks").mkdir(exist_ok=True)
+        with FileLock(self.root / ".locks" / f"{stage}-{key}.lock"):
             if final.is_dir():  # another job finished it while we waited
                 self.reused.append(stage)
                 return final, None
