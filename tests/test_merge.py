@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from imm.merge import (MergeConfig, check_compatible, dare, dare_linear, importance_scales, layer_index,
-                       merge_state_dicts, tensor_seed)
+from imm.merge import (MERGE_METHODS, UPDATE_RULES, MergeConfig, check_compatible, dare, dare_linear, get,
+                       importance_scales, layer_index, merge_blocks, merge_state_dicts, merge_tensor, row_ranges,
+                       task_arithmetic, tensor_group, tensor_seed, ties, ties_merge, ties_update)
 
 
 def gen(seed=0):
@@ -94,7 +95,136 @@ def test_refuses_different_architectures():
         check_compatible(state(0), {"model.layers.0.w": torch.zeros(4, 4)}, "a and b")
 
 
-@pytest.mark.parametrize("field,value", [("alpha", 1.5), ("alpha", -0.1), ("p", 1.0), ("p", -0.2)])
+@pytest.mark.parametrize("field,value", [
+    ("alpha", 1.5), ("alpha", -0.1), ("p", 1.0), ("p", -0.2), ("lam", -1.0), ("lam", float("inf")),
+    ("alpha_schedule", "cosine"), ("alpha_last", 2.0), ("alpha_by_layer", [0.5, 1.2]),
+    ("exclude_from", "teacher"), ("exclude", ["("]), ("name", "slerp"),
+])
 def test_merge_config_ranges(field, value):
     with pytest.raises(ValueError, match=f"merge.{field}"):
         MergeConfig(**{field: value})
+
+
+def test_list_schedule_needs_values():
+    with pytest.raises(ValueError, match="merge.alpha_by_layer"):
+        MergeConfig(name="layer_adaptive", alpha_schedule="list")
+
+
+def test_registry_names_and_get():
+    assert set(MERGE_METHODS) == set(UPDATE_RULES) == {"dare_linear", "task_arithmetic", "ties", "layer_adaptive"}
+    assert get("ties") is ties
+    with pytest.raises(KeyError, match="task_arithmetic"):
+        get("slerp")
+
+
+@pytest.mark.parametrize("name", sorted(MERGE_METHODS))
+def test_methods_leave_inputs_alone_and_keep_dtype(name):
+    base, prev, sft = (torch.randn(8, 8, generator=gen(i)) for i in range(3))
+    copies = [t.clone() for t in (base, prev, sft)]
+    out = MERGE_METHODS[name](base, prev, sft.bfloat16(), alpha=0.3, p=0.5, generator=gen())
+    assert out.dtype == torch.bfloat16 and out.shape == sft.shape
+    assert all(torch.equal(a, b) for a, b in zip((base, prev, sft), copies))
+
+
+def test_task_arithmetic_lambda_one_is_sft():
+    base, prev, sft = (torch.randn(100, generator=gen(i)) for i in range(3))
+    assert torch.allclose(task_arithmetic(base, prev, sft, alpha=0.0, p=0.5, scale=1.0), sft, atol=1e-6)
+    half = task_arithmetic(base, prev, sft, alpha=0.0, p=0.0, scale=0.5)
+    assert torch.allclose(half, (prev + sft) / 2, atol=1e-6)
+    cfg = MergeConfig(name="task_arithmetic", alpha=0.0, lam=1.0)
+    out, _ = merge_state_dicts(state(0), state(1), state(2), cfg, 0)
+    assert all(torch.allclose(out[k], state(2)[k], atol=1e-6) for k in out)
+
+
+def test_ties_trims_the_right_share():
+    delta = torch.randperm(1000).float() - 500.5  # distinct magnitudes
+    out = ties_update(delta, p=0.3)
+    kept = out != 0
+    assert int(kept.sum()) == 700
+    assert delta.abs()[kept].min() > delta.abs()[~kept].max()  # the largest magnitudes survive
+    assert torch.equal(out[kept], delta[kept])  # one task vector: its own sign, no rescaling
+    out = ties(torch.zeros(1000), torch.zeros(1000), delta, alpha=0.0, p=0.3)
+    assert int((out != 0).sum()) == 700
+
+
+def test_ties_elects_sign_and_takes_disjoint_mean():
+    deltas = torch.tensor([[3.0, -1.0, 2.0], [-1.0, -2.0, -4.0], [-1.0, 3.0, 0.5]])
+    # trim to 2 of 3 per vector: [3, 0, 2], [0, -2, -4], [-1, 3, 0]
+    # elected signs of the sums [2, 1, -2]: +, +, −; means of the agreeing entries: 3, 3, −4
+    assert torch.equal(ties_merge(deltas, density=2 / 3), torch.tensor([3.0, 3.0, -4.0]))
+    # without trimming: sums [1, 0, −1.5] → column 1 has no elected sign and stays 0
+    assert torch.equal(ties_merge(deltas, density=1.0), torch.tensor([3.0, 0.0, -4.0]))
+
+
+def layered(seed, n=3):
+    g = gen(seed)
+    return {f"model.layers.{i}.w": torch.randn(6, generator=g) for i in range(n)} | {"model.norm.weight": torch.randn(6, generator=g)}
+
+
+@pytest.mark.parametrize("cfg,alphas", [
+    (MergeConfig(name="layer_adaptive", alpha=1.0, alpha_last=0.0, p=0.0), [1.0, 0.5, 0.0]),
+    (MergeConfig(name="layer_adaptive", alpha=0.5, alpha_schedule="list", alpha_by_layer=[0.2, 0.9, 0.4], p=0.0),
+     [0.2, 0.9, 0.4]),
+])
+def test_layer_adaptive_applies_alpha_per_layer(cfg, alphas):
+    base, prev, sft = layered(0), layered(1), layered(2)
+    out, _ = merge_state_dicts(base, prev, sft, cfg, 0)
+    for i, a in enumerate(alphas):
+        k = f"model.layers.{i}.w"
+        assert torch.allclose(out[k], a * base[k] + (1 - a) * sft[k], atol=1e-6)
+    k = "model.norm.weight"  # outside the layers: the config's alpha
+    assert torch.allclose(out[k], cfg.alpha * base[k] + (1 - cfg.alpha) * sft[k], atol=1e-6)
+
+
+def test_layer_adaptive_from_importance():
+    base, prev, sft = layered(0), layered(1), layered(2)
+    cfg = MergeConfig(name="layer_adaptive", alpha=0.5, alpha_schedule="importance", p=0.0)
+    scales = importance_scales({0: 1.0, 1: 0.0, 2: 2.0})  # 1, 0, 2
+    out, _ = merge_state_dicts(base, prev, sft, cfg, 0, layer_scales=scales)
+    for i, a in enumerate([0.5, 1.0, 0.0]):  # 1−α_n = 0.5·s_n, clipped to [0, 1]
+        k = f"model.layers.{i}.w"
+        assert torch.allclose(out[k], a * base[k] + (1 - a) * sft[k], atol=1e-6)
+    with pytest.raises(ValueError, match="importance"):
+        merge_state_dicts(base, prev, sft, cfg, 0)
+    with pytest.raises(ValueError, match="alpha_by_layer has 2 values"):
+        merge_state_dicts(base, prev, sft, MergeConfig(name="layer_adaptive", alpha_schedule="list",
+                                                       alpha_by_layer=[0.1, 0.2]), 0)
+
+
+def test_blocks_give_the_bits_of_one_draw():
+    """Row blocks share one generator, so DARE over blocks equals DARE over the whole tensor."""
+    base, prev, sft = (torch.randn(37, 11, generator=gen(i)).bfloat16() for i in range(3))
+    cfg = MergeConfig(p=0.3, seed=5)
+    whole = dare_linear(base, prev, sft, alpha=0.4, p=0.3, generator=torch.Generator().manual_seed(tensor_seed(5, 2, "w")))
+    ranges = row_ranges("dare_linear", (37, 11), chunk_elems=50)
+    assert len(ranges) == 10  # 4 rows of 11 per block
+    blocks = merge_blocks(cfg, "w", ((base[r], prev[r], sft[r]) for r in ranges), 2, 0.4, 1.0)
+    assert torch.equal(torch.cat([b for b, _ in blocks]), whole)
+    assert row_ranges("ties", (37, 11)) == [...]  # TIES needs every magnitude at once
+
+
+def test_merge_tensor_stats():
+    prev, sft = torch.zeros(1000), torch.ones(1000)
+    sft[:200] = 0.0  # 800 nonzero deltas
+    _, stats = merge_tensor("dare_linear", prev, prev, sft, alpha=0.0, p=0.5, generator=gen())
+    assert stats.nonzero == 800 and 330 < stats.kept < 470
+    assert stats.delta_sq == pytest.approx(800.0)
+    assert stats.update_sq == pytest.approx(stats.kept * 4.0)  # kept entries moved by 1/(1−p) = 2
+
+
+def test_tensor_groups():
+    assert tensor_group("model.layers.3.self_attn.q_proj.weight") == "layers.3.attention"
+    assert tensor_group("model.layers.3.mlp.up_proj.weight") == "layers.3.mlp"
+    assert tensor_group("model.layers.0.input_layernorm.weight") == "layers.0.norms"
+    assert tensor_group("model.embed_tokens.weight") == "embeddings"
+    assert tensor_group("lm_head.weight") == "lm_head"
+    assert tensor_group("model.norm.weight") == "norms"
+
+
+def test_exclude_rule_in_memory():
+    base, prev, sft = layered(0), layered(1), layered(2)
+    cfg = MergeConfig(p=0.5, exclude=[r"^model\.norm"], exclude_from="prev")
+    out, stats = merge_state_dicts(base, prev, sft, cfg, 0)
+    assert torch.equal(out["model.norm.weight"], prev["model.norm.weight"])
+    assert not torch.equal(out["model.layers.0.w"], prev["model.layers.0.w"])
+    assert "norms" not in stats.groups and "layers.0.other" in stats.groups
