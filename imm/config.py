@@ -31,6 +31,7 @@ class RunConfig:
     iterations: int = 3  # self-improvement iterations T
     seed: int = 0  # grid seed: tagged in MLflow; stage seeds default to it
     out_dir: str = ""  # this job's folder; empty = <outputs>/jobs/<job key> (found again on restart)
+    layer_analysis: bool = False  # log layer importance (Eq. 3) and SFT weight change (Eq. 4) each iteration
     dry_run: bool = False  # validate and write the resolved config, then stop (checks a grid)
 
     def __post_init__(self) -> None:

@@ -26,6 +26,7 @@ from imm.merge import importance_scales
 from imm.models import load_tokenizer
 from imm.stages import StageStore, write_jsonl
 from imm.tracking import Tracker
+from imm.weight_change import weight_change
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +71,12 @@ def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
             continue
 
         scales = None
-        if cfg.method.importance_scaled:
+        needs_importance = cfg.method.importance_scaled or (
+            cfg.method.merges and cfg.merge.name == "layer_adaptive" and cfg.merge.alpha_schedule == "importance")
+        if needs_importance or cfg.run.layer_analysis:
             with stage("importance", step):
                 importance = steps.importance_stage(ctx, model, data_key, rows)
-            scales = importance_scales(importance)
+            scales = importance_scales(importance) if needs_importance else None
             tracker.metrics({f"importance/layer{n}": v for n, v in importance.items()}, step)
         with stage("sft", step):
             tuned, stats = steps.sft_stage(ctx, model, data_key, rows, t)
@@ -81,12 +84,15 @@ def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
         with stage("evaluate", step):
             stage.record(f"SFT {step}", "sft", step, steps.evaluate_stage(ctx, tuned))
         _link(out / f"sft{step}", tuned.path)
+        if cfg.run.layer_analysis:  # Eq. 4: how far SFT moved each layer this iteration
+            moved = weight_change(steps.local_dir(model.path), tuned.path)
+            tracker.metrics({f"weight_change/layer{n}": v for n, v in moved.items()}, step)
         model = tuned  # vanilla & co. continue from the SFT model; imm / iimm from the merged one
 
         if cfg.method.merges:
             with stage("merge", step):
                 merged, ms = steps.merge_stage(ctx, base, prev, tuned, scales, t)
-            tracker.metrics({f"merge/{k}": v for k, v in ms.items() if isinstance(v, (int, float))}, step)
+            tracker.metrics({f"merge/{k}": v for k, v in _flat(ms).items()}, step)  # totals and per tensor group
             with stage("evaluate", step):
                 stage.record(f"Merge {step}", "merged", step, steps.evaluate_stage(ctx, merged))
             _link(out / f"merge{step}", merged.path)
@@ -125,3 +131,13 @@ def _link(link: Path, target: Path) -> None:
     if link.is_symlink() or link.exists():
         link.unlink()
     link.symlink_to(target.resolve(), target_is_directory=True)
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _flat(v, f"{prefix}{k}/")
+        elif isinstance(v, (int, float)):
+            out[f"{prefix}{k}"] = v
+    return out

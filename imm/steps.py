@@ -16,8 +16,8 @@ from imm.data import Data
 from imm.evaluate import evaluate
 from imm.filtering import keep_correct
 from imm.importance import layer_importance
-from imm.merge import merge_state_dicts
-from imm.models import ModelConfig, load_model, set_weights, weights
+from imm.merge_engine import merge_checkpoints
+from imm.models import ModelConfig, load_model
 from imm.stages import StageStore, digest, read_json, read_jsonl, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,6 @@ class Context:
     teacher_tok: object = None
     _key: str | None = None  # the model held in memory
     _model: object = None
-    _base: dict | None = None
 
     def prompt(self, question: str) -> str:
         """The training prompt (SFT, importance): the configured template."""
@@ -63,11 +62,6 @@ class Context:
 
     def hold(self, ref: ModelRef, model) -> None:
         self._model, self._key = model, ref.key
-
-    def base_weights(self, base: ModelRef) -> dict:
-        if self._base is None:
-            self._base = weights(load_model(self.cfg.model, str(base.path)))
-        return self._base
 
 
 def base_ref(model: ModelConfig, teacher: bool = False) -> ModelRef:
@@ -153,24 +147,26 @@ def sft_stage(ctx: Context, model: ModelRef, data: str, rows: list[dict], t: int
 
 def merge_stage(ctx: Context, base: ModelRef, prev: ModelRef, tuned: ModelRef, scales: dict[int, float] | None,
                 t: int) -> tuple[ModelRef, dict]:
-    """θ_m = α·θ + (1−α)·(θ_prev + [scale·]DARE(θ_sft − θ_prev))."""
+    """θ_m = α·θ + (1−α)·(θ_prev + [scale·]DARE(θ_sft − θ_prev)), streamed over the safetensors files."""
     key = ctx.store.key("merge", base=base.key, prev=prev.key, sft=tuned.key, merge=asdict(ctx.cfg.merge),
                         iteration=t, scales=scales)
 
-    def compute(tmp: Path):
-        prev_w = ctx.base_weights(base) if prev.key == base.key else weights(load_model(ctx.cfg.model, str(prev.path)))
-        net = ctx.take(tuned)
-        merged, stats = merge_state_dicts(ctx.base_weights(base), prev_w, weights(net), ctx.cfg.merge, t, scales)
-        set_weights(net, merged)
+    def compute(tmp: Path) -> None:
+        stats = merge_checkpoints(local_dir(base.path), local_dir(prev.path), tuned.path, tmp / "model",
+                                  ctx.cfg.merge, t, scales)
         write_json(tmp / "stats.json", asdict(stats))
-        _save(net, ctx.tok, tmp / "model")
-        return net
 
-    path, net = ctx.store.get_or_compute("merge", key, compute)
-    ref = ModelRef(key, path / "model")
-    if net is not None:
-        ctx.hold(ref, net)
-    return ref, read_json(path / "stats.json")
+    path, _ = ctx.store.get_or_compute("merge", key, compute)
+    return ModelRef(key, path / "model"), read_json(path / "stats.json")
+
+
+def local_dir(path: Path) -> Path:
+    """A checkpoint folder on disk; a hub id is fetched into the local cache first."""
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(str(path), allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
 
 
 def _save(model, tok, path: Path) -> None:
