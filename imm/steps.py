@@ -6,6 +6,7 @@ model in memory so consecutive stages of one job do not reload it from disk.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,11 +66,26 @@ class Context:
 
 
 def base_ref(model: ModelConfig, teacher: bool = False) -> ModelRef:
-    """A pretrained model's identity: its path, dtype and the sizes of its weight files."""
+    """A pretrained model's identity, from its content (not its path): the config and a sample of
+    each weight file's bytes, so a copy elsewhere reuses the same stages and a changed file does not."""
     path = Path(model.path)
-    files = sorted((p.name, p.stat().st_size) for p in path.glob("*.safetensors")) if path.is_dir() else []
-    return ModelRef(digest({"path": str(path.resolve()) if path.is_dir() else model.path,
-                            "dtype": model.dtype, "files": files}), path, teacher)
+    if not path.is_dir():  # a hub id names one revision's content already
+        return ModelRef(digest({"hub": model.path, "dtype": model.dtype}), path, teacher)
+    files = []
+    for f in sorted(path.glob("*.safetensors")):
+        files.append((f.name, f.stat().st_size, _sample_hash(f)))
+    config = (path / "config.json").read_text() if (path / "config.json").exists() else ""
+    return ModelRef(digest({"config": config, "dtype": model.dtype, "files": files}), path, teacher)
+
+
+def _sample_hash(path: Path, chunks: int = 16, size: int = 1 << 16) -> str:
+    """SHA-256 of ``chunks`` evenly spaced blocks of a file (cheap for multi-GB checkpoints)."""
+    h, total = hashlib.sha256(), path.stat().st_size
+    with open(path, "rb") as f:
+        for i in range(chunks):
+            f.seek(max(0, (total - size) * i // max(1, chunks - 1)))
+            h.update(f.read(size))
+    return h.hexdigest()
 
 
 def data_key(ctx: Context, split: str) -> str:
