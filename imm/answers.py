@@ -11,7 +11,7 @@ from fractions import Fraction
 
 # A sample ends its reasoning with "The answer is X." (paper Tables 11/12); models often keep
 # writing a new question afterwards, so the text is cut at these first.
-STOP_STRINGS = ("Question:", "Q:", "Problem:")
+STOP_STRINGS = ("Question:", "### Instruction", "Problem:", "Q:")
 ANSWER_RE = re.compile(r"[Tt]he answer is[:\s]*(.+?)(?:\.\s|\.$|\n|$)")
 BOXED_RE = re.compile(r"\\boxed\{")
 NUMBER_RE = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)(/\d+)?$")

@@ -25,13 +25,16 @@ class EvalConfig:
             raise ValueError("eval.n > 1 needs eval.temperature > 0 (greedy samples are identical)")
 
 
-def evaluate(model, tok, data, prompt_fn, cfg: EvalConfig, desc: str = "eval") -> dict[str, float]:
+def evaluate(model, tok, data, prompt_fn, cfg: EvalConfig, desc: str = "eval", complete_fn=None) -> dict[str, float]:
     """Metrics {set: pass@1, set/pass_at_k: ..., id[/pass_at_k]: mean over ID sets, ood[/...]: OOD}."""
     metrics: dict[str, float] = {}
     for name, items in data.tests.items():
-        outs = complete(model, tok, [prompt_fn(it) for it in items], n=cfg.n,
-                        temperatures=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                        batch_size=cfg.batch_size, desc=f"{desc} {name}")
+        prompts = [prompt_fn(it) for it in items]
+        if complete_fn is not None:  # another engine (vLLM) on the model's folder
+            outs = complete_fn(prompts, n=cfg.n, temperatures=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
+        else:
+            outs = complete(model, tok, prompts, n=cfg.n, temperatures=cfg.temperature,
+                            max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, desc=f"{desc} {name}")
         counts = [(len(o), sum(ok)) for o, ok in zip(outs, correctness(outs, items))]
         for k in cfg.ks:
             key = name if k == 1 else f"{name}/pass_at_{k}"  # MLflow names allow no "@"

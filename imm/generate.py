@@ -18,19 +18,20 @@ from tqdm.auto import tqdm
 from imm.answers import STOP_STRINGS, cut_at_stop
 from imm.decoding import decode
 
-BACKENDS = ("hf",)
+BACKENDS = ("hf", "vllm")
 MAX_ROWS = 512  # sequences decoded at once on CPU; more gives no speed, only memory
 
 
 @dataclass
 class GenerateConfig:
-    backend: str = "hf"  # generation engine; hf = transformers model + imm's batched decoding
+    backend: str = "hf"  # hf: transformers model + imm's batched decoding | vllm: one engine per stage (GPU)
     k: int = 4  # samples per training question (paper: 3 for GSM8K, 6 for MATH)
     temperatures: List[float] = field(default_factory=lambda: [0.2, 0.4, 0.6])  # spread of the k samples
     top_p: float = 1.0  # nucleus sampling mass, (0, 1]
     max_new_tokens: int = 96  # longest sample, in tokens
     batch_size: int = 0  # prompts per decoding call; 0 = chosen from the model's KV-cache size and memory
     seed: int = 0  # sampling seed (combined with the iteration)
+    tensor_parallel_size: int = 1  # vllm only: GPUs one engine spans
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

@@ -19,7 +19,7 @@ HEADER = ("Below is an instruction that describes a task. Write a response that 
           "completes the request like given examples below:")
 INSTRUCTION = "### Instruction:\n{question}\n\n### Response: Let's think step by step."
 EXEMPLAR = "Question: {question}\nA: Let's think step by step.\n{rationale}\nThe answer is {answer}"
-STOP_STRINGS = ("Question:", "### Instruction", "Problem:", "Q:")
+from imm.answers import STOP_STRINGS  # noqa: E402  one list for generation, grading and prompts
 
 # (question, rationale, final answer as it follows "The answer is")
 GSM8K = (

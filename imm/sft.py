@@ -10,6 +10,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -28,6 +29,8 @@ class SFTConfig:
     weight_decay: float = 0.0  # AdamW weight decay
     max_grad_norm: float = 1.0  # gradient clipping; 0 disables
     seed: int = 0  # batch order seed (combined with the iteration)
+    backend: str = "torch"  # torch: the loop below, one process | trl: TRL SFTTrainer (bf16, DeepSpeed, multi-GPU)
+    deepspeed: Optional[str] = None  # trl only: a DeepSpeed JSON (conf/deepspeed/zero3.json); None = no DeepSpeed
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1:
@@ -36,6 +39,10 @@ class SFTConfig:
             raise ValueError(f"sft.lr={self.lr} must be > 0")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"sft.warmup_ratio={self.warmup_ratio} must lie in [0, 1)")
+        if self.backend not in ("torch", "trl"):
+            raise ValueError(f"sft.backend={self.backend!r} is not one of ('torch', 'trl')")
+        if self.deepspeed and self.backend != "trl":
+            raise ValueError("sft.deepspeed needs sft.backend=trl")
 
 
 def encode(tok, prompt: str, response: str) -> tuple[list[int], list[int]]:
@@ -66,6 +73,11 @@ def collate(examples, idx, pad_id: int):
 
 def train(model, tok, rows: list[dict], prompt_fn, cfg: SFTConfig, iteration: int) -> dict:
     """Fine-tune ``model`` in place on rows {question, response}; returns loss and throughput stats."""
+    if cfg.backend == "trl":
+        from imm.sft_trainer import train_trl
+
+        return train_trl(model, tok, rows, prompt_fn, cfg, iteration, deepspeed=cfg.deepspeed,
+                         bf16=next(model.parameters()).dtype == torch.bfloat16)
     examples = [encode(tok, prompt_fn(r["question"]), r["response"]) for r in rows]
     rng = random.Random(cfg.seed * 1_000_003 + iteration)
     torch.manual_seed(cfg.seed * 1_000_003 + iteration)
@@ -79,7 +91,7 @@ def train(model, tok, rows: list[dict], prompt_fn, cfg: SFTConfig, iteration: in
     for epoch in range(cfg.epochs):
         chunks = batches(examples, cfg.batch_size, rng)
         for b, idx in enumerate(chunks):
-            ids, labels, mask = collate(examples, idx, tok.pad_token_id)
+            ids, labels, mask = (t.to(model.device) for t in collate(examples, idx, tok.pad_token_id))
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"SFT loss became {loss.item()} at iteration {iteration}, "

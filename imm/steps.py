@@ -6,6 +6,7 @@ model in memory so consecutive stages of one job do not reload it from disk.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from dataclasses import asdict, dataclass
@@ -98,7 +99,15 @@ def evaluate_stage(ctx: Context, model: ModelRef) -> dict[str, float]:
     key = ctx.store.key("evaluate", model=model.key, eval=asdict(ctx.cfg.eval), tests=data_key(ctx, "test"))
 
     def compute(tmp: Path) -> None:
-        write_json(tmp / "metrics.json", evaluate(ctx.load(model), ctx.tok, ctx.data, ctx.item_prompt, ctx.cfg.eval))
+        if ctx.cfg.generate.backend == "vllm":
+            from imm.generate_vllm import complete_vllm
+
+            engine = functools.partial(complete_vllm, str(local_dir(model.path)), dtype=_model_cfg(ctx, model).dtype,
+                                       tensor_parallel_size=ctx.cfg.generate.tensor_parallel_size)
+            metrics = evaluate(None, ctx.tok, ctx.data, ctx.item_prompt, ctx.cfg.eval, complete_fn=engine)
+        else:
+            metrics = evaluate(ctx.load(model), ctx.tok, ctx.data, ctx.item_prompt, ctx.cfg.eval)
+        write_json(tmp / "metrics.json", metrics)
 
     path, _ = ctx.store.get_or_compute("evaluate", key, compute)
     return read_json(path / "metrics.json")
@@ -111,8 +120,15 @@ def synthesize_stage(ctx: Context, model: ModelRef, t: int) -> tuple[str, list[d
 
     def compute(tmp: Path) -> None:
         prompts = [ctx.item_prompt(item) for item in ctx.data.train]
-        tok = ctx.teacher_tok if model.teacher else ctx.tok
-        samples = generate.synthesize(ctx.load(model), tok, prompts, ctx.cfg.generate, t)
+        if ctx.cfg.generate.backend == "vllm":
+            from imm.generate_vllm import synthesize_vllm
+
+            samples = synthesize_vllm(str(local_dir(model.path)), prompts, ctx.cfg.generate, t,
+                                      tensor_parallel_size=ctx.cfg.generate.tensor_parallel_size,
+                                      dtype=_model_cfg(ctx, model).dtype)
+        else:
+            tok = ctx.teacher_tok if model.teacher else ctx.tok
+            samples = generate.synthesize(ctx.load(model), tok, prompts, ctx.cfg.generate, t)
         kept, y = keep_correct(ctx.data.train, samples, t)
         write_jsonl(tmp / "kept.jsonl", kept)
         write_json(tmp / "yield.json", {"sampled": y.sampled, "kept": y.kept, "questions": y.questions,
@@ -149,6 +165,13 @@ def sft_stage(ctx: Context, model: ModelRef, data: str, rows: list[dict], t: int
     key = ctx.store.key("sft", model=model.key, data=data, sft=asdict(ctx.cfg.sft), iteration=t)
 
     def compute(tmp: Path):
+        if ctx.cfg.sft.backend == "trl" and _gpus() > 1:  # one process per GPU; rank 0 writes model + stats
+            from imm.sft_trainer import launch
+
+            launch(str(local_dir(model.path)), rows, ctx.prompt, ctx.cfg.sft, t, str(tmp), nproc=_gpus(),
+                   deepspeed=ctx.cfg.sft.deepspeed, dtype=ctx.cfg.model.dtype)
+            ctx.tok.save_pretrained(tmp / "model")
+            return None
         net = ctx.take(model)
         write_json(tmp / "stats.json", sft.train(net, ctx.tok, rows, ctx.prompt, ctx.cfg.sft, t))
         _save(net, ctx.tok, tmp / "model")
@@ -183,6 +206,16 @@ def local_dir(path: Path) -> Path:
     from huggingface_hub import snapshot_download
 
     return Path(snapshot_download(str(path), allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+
+
+def _gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _model_cfg(ctx: Context, ref: ModelRef) -> ModelConfig:
+    return ctx.cfg.teacher if ref.teacher else ctx.cfg.model
 
 
 def _save(model, tok, path: Path) -> None:
