@@ -20,6 +20,8 @@ from pathlib import Path
 
 import mlflow
 
+from imm.stages import finished_outputs
+
 GRID = ["-m", "method=imm,vanilla", "merge.alpha=0.1,0.5,0.9"]
 REDUCED = ["dataset.n_train=200", "dataset.n_test=200", "run.iterations=2"]
 
@@ -36,7 +38,7 @@ def run_sweep(outputs: Path, share: bool, sizes: list[str]) -> tuple[float, int,
 
 
 def unique_stages(outputs: Path) -> int:
-    return sum(1 for p in (outputs / "stages").glob("*/*") if p.is_dir() and ".tmp-" not in p.name)
+    return len(finished_outputs(outputs / "stages"))
 
 
 def main(argv=None) -> None:

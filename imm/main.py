@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -72,7 +73,8 @@ def main(dcfg: DictConfig) -> float:
         log.info("continuing job %s and its MLflow run (%s)", key, tracker.location)
     tracker.artifact(out / "config.yaml")
     tracker.artifact(out / "provenance.json")
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    if "SUBMITIT_EXECUTOR" not in os.environ:  # under submitit, SIGTERM precedes its USR2 checkpoint/requeue
+        signal.signal(signal.SIGTERM, _raise_interrupt)
     status = "FAILED"
     try:
         result = loop.run(cfg, tracker, out, store)
@@ -80,7 +82,7 @@ def main(dcfg: DictConfig) -> float:
         tracker.artifact(plot, "plots")
         tracker.metrics({f"time/{k}_s": v for k, v in result.seconds.items()}, cfg.run.iterations)
         status = "FINISHED"
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # SystemExit: submitit requeues the job, which resumes this run
         status = "KILLED"
         raise
     except Exception:

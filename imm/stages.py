@@ -78,6 +78,11 @@ class StageStore:
         return final, result
 
 
+def finished_outputs(root: Path) -> list[Path]:
+    """Every finished stage output in a store (not locks, not a killed job's temporary folders)."""
+    return [p for p in Path(root).glob("*/*") if p.is_dir() and ".tmp-" not in p.name and p.parent.name != ".locks"]
+
+
 def write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=1, sort_keys=True))
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import mlflow
 
+from imm.stages import finished_outputs
+
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ["method=imm", "dataset.n_train=24", "dataset.n_test=16", "generate.k=2", "generate.max_new_tokens=60",
        "eval.max_new_tokens=60", "sft.epochs=2", "run.iterations=2"]
@@ -20,7 +22,7 @@ def command(outputs: Path) -> list[str]:
 
 
 def finished_stages(outputs: Path) -> int:
-    return sum(1 for p in (outputs / "stages").glob("*/*") if p.is_dir() and ".tmp-" not in p.name)
+    return len(finished_outputs(outputs / "stages"))
 
 
 def final_metrics(outputs: Path) -> dict:
