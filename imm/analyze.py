@@ -47,6 +47,9 @@ def plot_layers(path: Path, series: dict[str, dict[int, float]], ylabel: str, ti
         else:
             ax.plot(xs, ys, marker="o", label=label)
     ax.set_xlabel("layer")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole numbers
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     if len(series) > 1:
