@@ -4,8 +4,8 @@ IMM:  δᵗ = θ_sftᵗ − θ_prev,  δ̂ = DARE(δᵗ, p),  θ_mᵗ = α·θ +
 IIMM: as IMM, with each layer n's δ̂ scaled by N·I_n / Σᵢ Iᵢ (I_n: layer importance, Eq. 3).
 
 Every method in ``MERGE_METHODS`` shares one call signature ``(base, prev, sft, *, alpha, p,
-generator, scale)`` and one combination, α·θ + (1−α)·(θ_prev + scale·U(δ)); they differ in the
-update rule U (``UPDATE_RULES``):
+generator, scale)`` (``generator``: a ``DareMask``) and one combination,
+α·θ + (1−α)·(θ_prev + scale·U(δ)); they differ in the update rule U (``UPDATE_RULES``):
 
 - ``dare_linear``      U = DARE: drop each entry with probability p, rescale the kept by 1/(1−p).
 - ``task_arithmetic``  U = identity (scale = λ·layer scale; α=0, λ=1 gives θ_sft back).
@@ -16,9 +16,10 @@ update rule U (``UPDATE_RULES``):
 - ``layer_adaptive``   U = DARE with a per-layer α: a linear ramp, a list, or derived from Eq. 3
                        importances (the dynamic, layer-adaptive merging the paper leaves to future work).
 
-DARE masks are seeded per (seed, iteration, tensor name), so a merge is bit-reproducible. The mask is
-drawn row block by row block in order, which gives the same bits as one draw over the whole tensor,
-so the streaming engine (``imm.merge_engine``) and ``merge_state_dicts`` agree exactly.
+DARE masks (``DareMask``: 32 random bits per entry from numpy's SFC64) are seeded per (seed,
+iteration, tensor name), so a merge is bit-reproducible. The mask is drawn row block by row block in
+order, which gives the same bits as one draw over the whole tensor, so the streaming engine
+(``imm.merge_engine``) and ``merge_state_dicts`` agree exactly.
 """
 
 from __future__ import annotations
@@ -29,14 +30,16 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, List
 
+import numpy as np
 import torch
 
-LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+from imm.merge_stats import LAYER_RE, MergeStats, StatsAccumulator, TensorStats, tensor_group  # noqa: F401
+
 ALPHA_SCHEDULES = ("ramp", "list", "importance")
 EXCLUDE_SOURCES = ("sft", "base", "prev")
-# entries merged at once: small blocks stay in cache and reuse freed heap memory (blocks of MiBs are
-# mapped and page-faulted afresh each time, several times slower)
-CHUNK_ELEMS = 1 << 16
+# entries merged at once: 2^18 was fastest (2^16: 4x the per-op Python overhead; 2^20: float32
+# buffers of 4 MiB fall out of cache); memory per block is a few MiB
+CHUNK_ELEMS = 1 << 18
 
 
 @dataclass
@@ -84,26 +87,76 @@ def tensor_seed(seed: int, iteration: int, name: str) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
+# ---- the DARE mask: which entries of δ survive ------------------------------------------------------
+
+class DareMask:
+    """One tensor's DARE drop decisions, drawn as a stream: entry i takes the i-th 32 bits of the
+    raw SFC64 stream seeded with ``seed`` (numpy keeps raw bit streams stable across versions) and is
+    dropped when they, as an unsigned integer, fall below round(p·2³²): exactly Bernoulli(p), to
+    within 2⁻³³. Drawn block by block in order, the bits are those of one draw over the whole tensor.
+    About three times faster than ``torch.rand`` (a Mersenne Twister)."""
+
+    def __init__(self, seed: int) -> None:
+        self.bits = np.random.SFC64(seed)
+        self.spare: np.ndarray | None = None  # the upper half of a 64-bit word an odd-sized draw left
+
+    def words(self, n: int) -> np.ndarray:
+        """The next n 32-bit draws as int32, two per 64-bit word, low half first."""
+        if n == 0:
+            return np.empty(0, np.int32)
+        lead = [] if self.spare is None else [self.spare]
+        need = n - len(lead)
+        drawn = self.bits.random_raw((need + 1) // 2).view(np.int32)
+        self.spare = drawn[need:].copy() if len(drawn) > need else None
+        return np.concatenate(lead + [drawn[:need]]) if lead else drawn[:need]
+
+    def multipliers(self, n: int, p: float, out: torch.Tensor | None = None) -> torch.Tensor:
+        """DARE's factor for the next n entries (float32, into ``out`` if given): 1/(1−p) where
+        kept, 0 where dropped."""
+        out = torch.empty(n) if out is None else out
+        # u < threshold as uint32 ⟺ (u − 2³¹) < threshold − 2³¹ as int32: the shift is a bijection
+        threshold = min(round(p * 2**32), 2**32 - 1) - 2**31
+        # in place on the fresh draws, then widened (a compare into float32 makes a temporary)
+        keep = out.copy_(torch.from_numpy(self.words(n)).ge_(threshold))
+        # keep·(1/(1−p)) is 1/(1−p) or 0, so δ times it equals (δ·keep)·(1/(1−p)) to the bit
+        return keep.mul_(1.0 / (1.0 - p))
+
+
+# Rules that draw a DARE mask; p = 0 draws none (every entry kept).
+DRAWS_MASK = {"dare_linear", "layer_adaptive"}
+
+
+def dare_mask(cfg: MergeConfig, name: str, iteration: int) -> DareMask | None:
+    """The mask stream of one tensor, seeded per (seed, iteration, name); None where none is drawn."""
+    if cfg.name not in DRAWS_MASK or cfg.p == 0.0:
+        return None
+    return DareMask(tensor_seed(cfg.seed, iteration, name))
+
+
 # ---- update rules U(δ): what of δ = θ_sft − θ_prev survives --------------------------------------
 
-def dare_(delta: torch.Tensor, p: float, generator: torch.Generator | None = None,
-          scratch: torch.Tensor | None = None) -> torch.Tensor:
-    """DARE in place on ``delta``; ``scratch`` (δ's shape, float32) receives the uniform draws."""
+def dare_(delta: torch.Tensor, p: float, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """DARE in place on ``delta``, given its multipliers ``keep`` (``DareMask.multipliers``)."""
     if p == 0.0:
         return delta
-    draws = torch.rand(delta.shape, generator=generator, out=scratch) if scratch is not None \
-        else torch.rand(delta.shape, generator=generator, device=delta.device)
-    # δ times keep (1.0 where the draw is >= p, else 0.0): no masked copies
-    return delta.mul_(draws.ge_(p)).mul_(1.0 / (1.0 - p))
+    if keep is None:
+        raise ValueError("DARE with p > 0 needs the mask's multipliers")
+    return delta.mul_(keep.view(delta.shape))  # no masked copies
 
 
-def dare(delta: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def dare(delta: torch.Tensor, p: float, generator: DareMask | None = None) -> torch.Tensor:
     """Drop each entry of ``delta`` with probability p and rescale the kept ones by 1/(1−p)."""
-    return dare_(delta.clone(), p, generator)
+    if p == 0.0:
+        return delta.clone()
+    return dare_(delta.clone(), p, (generator or _fresh_mask()).multipliers(delta.numel(), p))
 
 
-def keep_all(delta: torch.Tensor, p: float, generator: torch.Generator | None = None,
-             scratch: torch.Tensor | None = None) -> torch.Tensor:
+def _fresh_mask() -> DareMask:
+    """A mask stream seeded from torch's global generator (seed it for reproducible draws)."""
+    return DareMask(int(torch.randint(2**62, ())))
+
+
+def keep_all(delta: torch.Tensor, p: float, keep: torch.Tensor | None = None) -> torch.Tensor:
     """Task arithmetic's update: δ itself (p is not used)."""
     return delta
 
@@ -129,13 +182,12 @@ def ties_merge(deltas: torch.Tensor, density: float) -> torch.Tensor:
     return total / agree.sum(dim=0).clamp(min=1)
 
 
-def ties_update(delta: torch.Tensor, p: float, generator: torch.Generator | None = None,
-                scratch: torch.Tensor | None = None) -> torch.Tensor:
+def ties_update(delta: torch.Tensor, p: float, keep: torch.Tensor | None = None) -> torch.Tensor:
     """TIES with δ as the single task vector relative to θ_prev; p is the trimmed share."""
     return ties_merge(delta.unsqueeze(0), 1.0 - p)
 
 
-# (δ, p, generator, scratch) -> U(δ); a rule may overwrite δ and use the float32 scratch buffer
+# (δ, p, DARE multipliers or None) -> U(δ); a rule may overwrite δ
 UpdateFn = Callable[..., torch.Tensor]
 UPDATE_RULES: dict[str, UpdateFn] = {
     "dare_linear": dare_, "task_arithmetic": keep_all, "ties": ties_update, "layer_adaptive": dare_,
@@ -145,59 +197,96 @@ ELEMENTWISE = {"dare_linear", "task_arithmetic", "layer_adaptive"}
 
 
 class Workspace:
-    """Two float32 buffers reused by every block of a merge: the engine's blocks then allocate
-    (and page-fault) almost nothing, which made the merge several times faster."""
+    """Buffers reused by every block of a merge: float32 ones for δ, θ_prev widened, the DARE
+    multipliers and a counting scratch (at most ``CHUNK_ELEMS``, ``count_nonzero`` goes in pieces),
+    and with ``reuse_output`` the merged block itself (the engine writes each block before the next).
+    Blocks then allocate nothing: fresh MiB-sized buffers are page-faulted afresh each time, which
+    cost the engine about a third of its time."""
 
-    def __init__(self) -> None:
-        self.a = self.b = torch.empty(0)
+    def __init__(self, reuse_output: bool = False) -> None:
+        self.reuse_output = reuse_output
+        self.bufs: dict[object, torch.Tensor] = {}
 
-    def take(self, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
-        n = math.prod(shape)
-        if self.a.numel() < n:
-            self.a, self.b = torch.empty(n), torch.empty(n)
-        return self.a[:n].view(shape), self.b[:n].view(shape)
+    def take(self, key: object, n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A flat buffer of n entries, the same memory every time for one key (contents undefined)."""
+        buf = self.bufs.get(key)
+        if buf is None or buf.numel() < n or buf.dtype != dtype:
+            buf = self.bufs[key] = torch.empty(n, dtype=dtype)
+        return buf[:n]
+
+    def output(self, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+        if not self.reuse_output:
+            return torch.empty(shape, dtype=dtype)
+        return self.take("out", math.prod(shape), dtype).view(shape)
+
+
+def count_nonzero(x: torch.Tensor, scratch: torch.Tensor) -> int:
+    """Nonzero entries of ``x``, without a branch per entry: ``torch.count_nonzero`` branches, and
+    δ's zeros (DARE's drops) fall at random, which made it 10x slower than this compare-and-sum.
+    ``scratch``: float32, counted in pieces of its size (a float32 sum of 0s and 1s is exact below
+    2²⁴ entries)."""
+    flat, step = x.reshape(-1), min(scratch.numel(), 1 << 24)
+    total = 0
+    for start in range(0, flat.numel(), step):
+        piece = flat[start:start + step]
+        total += int(torch.ne(piece, 0, out=scratch[:piece.numel()]).sum())
+    return total
 
 
 def merge_tensor(method: str, base: torch.Tensor, prev: torch.Tensor, sft: torch.Tensor, *, alpha: float,
-                 p: float, generator: torch.Generator | None = None, scale: float = 1.0,
+                 p: float, keep: torch.Tensor | None = None, scale: float = 1.0,
                  work: Workspace | None = None) -> tuple[torch.Tensor, TensorStats]:
     """α·θ + (1−α)·(θ_prev + scale·U(θ_sft − θ_prev)) in float32, returned in θ_sft's dtype,
-    with its stats; ``work`` lends reusable buffers (the engine passes one per tensor)."""
-    delta, scratch = (work or Workspace()).take(sft.shape)
-    # bf16 → float32 is exact, so copy_ then mixed-dtype in-place ops give the float32 result
-    delta.copy_(sft).sub_(prev)
+    with its stats; ``keep``: the DARE multipliers of these entries; ``work`` lends reusable
+    buffers (the engine passes one for the whole merge)."""
+    work = work or Workspace()
+    n = sft.numel()
+    delta, prev32 = work.take("delta", n).view(sft.shape), work.take("prev", n).view(sft.shape)
+    scratch = work.take("count", min(n, CHUNK_ELEMS))
+    # bf16 → float32 is exact, so each op below gives the float32 result; θ_prev, used three
+    # times, is widened once (a mixed-dtype op costs twice a float32 one)
+    prev32.copy_(prev)
+    delta.copy_(sft).sub_(prev32)
     flat = delta.view(-1)
-    delta_sq, nonzero = float(torch.dot(flat, flat)), int(torch.count_nonzero(flat))
-    update = UPDATE_RULES[method](delta, p, generator, scratch)
-    kept = int(torch.count_nonzero(update))
-    update.mul_(scale).add_(prev).mul_(1.0 - alpha).add_(base, alpha=alpha)
-    merged = update.to(sft.dtype, copy=True)  # copy: the buffers are reused by the next block
-    moved = update.copy_(merged).sub_(prev).view(-1)
+    delta_sq, nonzero = float(torch.dot(flat, flat)), count_nonzero(delta, scratch)
+    update = UPDATE_RULES[method](delta, p, keep)
+    kept = count_nonzero(update, scratch)
+    if scale != 1.0:  # x·1 = x: skipping it changes no bit
+        update.mul_(scale)
+    update.add_(prev32).mul_(1.0 - alpha).add_(base, alpha=alpha)
+    merged = work.output(sft.shape, sft.dtype).copy_(update)  # rounds once, as .to(dtype) would
+    moved = update.copy_(merged).sub_(prev32).view(-1)
     return merged, TensorStats(delta_sq=delta_sq, update_sq=float(torch.dot(moved, moved)),
                                nonzero=nonzero, kept=kept)
+
+
+def _merge_one(method, base, prev, sft, alpha, p, generator, scale) -> torch.Tensor:
+    """One whole tensor, its DARE mask drawn from ``generator`` (a fresh stream if None)."""
+    keep = None
+    if method in DRAWS_MASK and p > 0.0:
+        keep = (generator or _fresh_mask()).multipliers(sft.numel(), p)
+    return merge_tensor(method, base, prev, sft, alpha=alpha, p=p, keep=keep, scale=scale)[0]
 
 
 def dare_linear(base, prev, sft, *, alpha, p, generator=None, scale=1.0) -> torch.Tensor:
     """IMM, Eq. 6 (Eq. 7 with ``scale`` = N·I_n/ΣI):
     α·θ + (1−α)·(θ_prev + scale·DARE(θ_sft − θ_prev))."""
-    return merge_tensor("dare_linear", base, prev, sft, alpha=alpha, p=p, generator=generator, scale=scale)[0]
+    return _merge_one("dare_linear", base, prev, sft, alpha, p, generator, scale)
 
 
 def task_arithmetic(base, prev, sft, *, alpha, p, generator=None, scale=1.0) -> torch.Tensor:
     """α·θ + (1−α)·(θ_prev + scale·δ); p is not used."""
-    return merge_tensor("task_arithmetic", base, prev, sft, alpha=alpha, p=p, generator=generator,
-                        scale=scale)[0]
+    return _merge_one("task_arithmetic", base, prev, sft, alpha, p, generator, scale)
 
 
 def ties(base, prev, sft, *, alpha, p, generator=None, scale=1.0) -> torch.Tensor:
     """α·θ + (1−α)·(θ_prev + scale·TIES(δ)), δ trimmed to its top (1−p) share by magnitude."""
-    return merge_tensor("ties", base, prev, sft, alpha=alpha, p=p, generator=generator, scale=scale)[0]
+    return _merge_one("ties", base, prev, sft, alpha, p, generator, scale)
 
 
 def layer_adaptive(base, prev, sft, *, alpha, p, generator=None, scale=1.0) -> torch.Tensor:
     """IMM with this tensor's layer α (resolved by ``tensor_alpha_scale`` from the config)."""
-    return merge_tensor("layer_adaptive", base, prev, sft, alpha=alpha, p=p, generator=generator,
-                        scale=scale)[0]
+    return _merge_one("layer_adaptive", base, prev, sft, alpha, p, generator, scale)
 
 
 MergeFn = Callable[..., torch.Tensor]
@@ -213,62 +302,6 @@ def get(name: str) -> MergeFn:
     if name not in MERGE_METHODS:
         raise KeyError(f"unknown merge method {name!r}; valid: {sorted(MERGE_METHODS)}")
     return MERGE_METHODS[name]
-
-
-# ---- what a merge did: update norm and density, per tensor group --------------------------------
-
-GROUP_RULES = (("embeddings", re.compile(r"embed|wte|wpe")), ("lm_head", re.compile(r"lm_head")),
-               ("attention", re.compile(r"attn|attention")), ("mlp", re.compile(r"mlp|feed_forward")),
-               ("norms", re.compile(r"norm")))
-
-
-def tensor_group(name: str) -> str:
-    """"layers.3.attention", "layers.3.mlp", "embeddings", "norms", "lm_head", ... for a tensor name."""
-    kind = next((g for g, rx in GROUP_RULES if rx.search(name)), "other")
-    layer = layer_index(name)
-    return kind if layer is None else f"layers.{layer}.{kind}"
-
-
-@dataclass
-class TensorStats:
-    delta_sq: float = 0.0  # ‖θ_sft − θ_prev‖²
-    update_sq: float = 0.0  # ‖θ_m − θ_prev‖²
-    nonzero: int = 0  # nonzero entries of δ
-    kept: int = 0  # nonzero entries of U(δ)
-
-    def add(self, other: "TensorStats") -> None:
-        self.delta_sq += other.delta_sq
-        self.update_sq += other.update_sq
-        self.nonzero += other.nonzero
-        self.kept += other.kept
-
-    def summary(self) -> dict[str, float]:
-        return {"update_norm": self.update_sq ** 0.5, "delta_norm": self.delta_sq ** 0.5,
-                "density": self.kept / self.nonzero if self.nonzero else 0.0}
-
-
-@dataclass
-class MergeStats:
-    update_norm: float  # ‖θ_m − θ_prev‖ over all merged tensors
-    delta_norm: float  # ‖θ_sft − θ_prev‖ before DARE
-    density: float  # share of nonzero entries in the DARE'd update (nonzero deltas only)
-    groups: dict[str, dict[str, float]] = field(default_factory=dict)  # the same, per tensor group
-
-
-class StatsAccumulator:
-    """Sums block stats into totals and per-group figures (so DARE compounding shows per iteration)."""
-
-    def __init__(self) -> None:
-        self.total = TensorStats()
-        self.groups: dict[str, TensorStats] = {}
-
-    def add(self, name: str, stats: TensorStats) -> None:
-        self.total.add(stats)
-        self.groups.setdefault(tensor_group(name), TensorStats()).add(stats)
-
-    def result(self) -> MergeStats:
-        groups = {g: s.summary() for g, s in sorted(self.groups.items())}
-        return MergeStats(**self.total.summary(), groups=groups)
 
 
 # ---- per-tensor arguments: layer, α, scale, exclusion ---------------------------------------------
@@ -356,13 +389,16 @@ def row_ranges(method: str, shape: tuple[int, ...], chunk_elems: int = CHUNK_ELE
 
 
 def merge_blocks(cfg: MergeConfig, name: str, blocks: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-                 iteration: int, alpha: float, scale: float) -> Iterator[tuple[torch.Tensor, TensorStats]]:
-    """Merge one tensor given as (base, prev, sft) row blocks in ``row_ranges`` order. One generator
-    runs through all blocks, so the DARE mask is the one a single draw would give."""
-    gen = torch.Generator().manual_seed(tensor_seed(cfg.seed, iteration, name))
-    work = Workspace()
+                 iteration: int, alpha: float, scale: float, work: Workspace | None = None
+                 ) -> Iterator[tuple[torch.Tensor, TensorStats]]:
+    """Merge one tensor given as (base, prev, sft) row blocks in ``row_ranges`` order. One mask
+    stream runs through all blocks, so the DARE mask is the one a single draw would give. ``work``:
+    buffers to reuse (with ``reuse_output``, each block is overwritten by the next)."""
+    mask = dare_mask(cfg, name, iteration)
+    work = work or Workspace()
     for base, prev, sft in blocks:
-        yield merge_tensor(cfg.name, base, prev, sft, alpha=alpha, p=cfg.p, generator=gen, scale=scale, work=work)
+        keep = mask.multipliers(sft.numel(), cfg.p, out=work.take("keep", sft.numel())) if mask else None
+        yield merge_tensor(cfg.name, base, prev, sft, alpha=alpha, p=cfg.p, keep=keep, scale=scale, work=work)
 
 
 def merge_state_dicts(base: dict[str, torch.Tensor], prev: dict[str, torch.Tensor],

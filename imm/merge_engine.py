@@ -6,33 +6,29 @@
                               MergeConfig(name="dare_linear", alpha=0.5, p=0.1), iteration=1)
 
 Peak memory is a few row blocks (``imm.merge.CHUNK_ELEMS`` entries), whatever the model size:
-inputs are read with ``pread`` into small buffers (a memory map would leave every page it touched
-resident, so peak RSS would grow to the size of all three inputs), and each output shard's header
-is written first, its tensors streamed after it. The result is a standard sharded checkpoint
-(``model-0000i-of-0000n.safetensors`` + ``model.safetensors.index.json``) with the SFT model's
-config and tokenizer files, and ``merge.json``: the rules applied and each tensor group's update
-norm and density. Tensors are bit-identical to ``imm.merge.merge_state_dicts`` on the same inputs.
+inputs are read with ``pread`` into one reused buffer per checkpoint (a memory map would leave every
+page it touched resident, so peak RSS would grow to the size of all three inputs; fresh buffers per
+block are page-faulted afresh), and each output shard's header is written first, its tensors
+streamed after it. One thread does it all, block after block (see ``torch_threads``). The result
+is a standard sharded checkpoint (``model-0000i-of-0000n.safetensors`` +
+``model.safetensors.index.json``) with the SFT model's config and tokenizer files, and
+``merge.json``: the rules applied and each tensor group's update norm and density. Tensors are
+bit-identical to ``imm.merge.merge_state_dicts`` on the same inputs.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
-import queue
 import shutil
-import threading
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import torch
 
-from imm.merge import (CHUNK_ELEMS, MergeConfig, MergeStats, StatsAccumulator, check_compatible, is_excluded,
-                       merge_blocks, num_layers, row_ranges, tensor_alpha_scale)
+from imm.merge import (CHUNK_ELEMS, MergeConfig, MergeStats, StatsAccumulator, Workspace, check_compatible,
+                       is_excluded, merge_blocks, num_layers, row_ranges, tensor_alpha_scale)
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -57,23 +53,29 @@ class SafetensorsFile:
         self.entries = header
         self.fd = os.open(path, os.O_RDONLY)
 
-    def read(self, name: str, rows: slice = ...) -> torch.Tensor:
-        """Tensor ``name`` (rows ``start:stop`` for a slice) in a fresh buffer."""
+    def span(self, name: str, rows: slice = ...) -> tuple[int, int, list[int]]:
+        """(first byte, end byte, shape) of tensor ``name`` or of its rows ``start:stop``."""
         meta = self.entries[name]
-        shape, dtype = list(meta["shape"]), DTYPES[meta["dtype"]]
+        shape = list(meta["shape"])
         begin, end = meta["data_offsets"]
         if rows is not ...:
             row = (end - begin) // shape[0] if shape[0] else 0
             begin, end, shape[0] = begin + rows.start * row, begin + rows.stop * row, rows.stop - rows.start
-        out = torch.empty(shape, dtype=dtype)
-        view = memoryview(out.reshape(-1).view(torch.uint8).numpy())
+        return begin, end, shape
+
+    def read(self, name: str, rows: slice = ..., into: torch.Tensor | None = None) -> torch.Tensor:
+        """Tensor ``name`` (rows ``start:stop`` for a slice) in a fresh buffer, or at the start of
+        ``into`` (uint8, large enough)."""
+        begin, end, shape = self.span(name, rows)
+        raw = torch.empty(end - begin, dtype=torch.uint8) if into is None else into[:end - begin]
+        view = memoryview(raw.numpy())
         pos = 0
         while pos < end - begin:  # one pread returns at most ~2 GiB
             got = os.preadv(self.fd, [view[pos:]], self.data_start + begin + pos)
             if got <= 0:
                 raise IOError(f"{self.path}: truncated tensor {name}")
             pos += got
-        return out
+        return raw.view(DTYPES[self.entries[name]["dtype"]]).view(shape)
 
     def close(self) -> None:
         os.close(self.fd)
@@ -94,6 +96,7 @@ class Checkpoint:
         self.files = {f: SafetensorsFile(self.dir / f) for f in files}
         self.where = {name: sf for sf in self.files.values() for name in sf.entries}
         self.config = json.loads((self.dir / "config.json").read_text()) if (self.dir / "config.json").is_file() else {}
+        self.buffer = torch.empty(0, dtype=torch.uint8)
 
     @property
     def names(self) -> list[str]:
@@ -105,8 +108,16 @@ class Checkpoint:
     def dtype(self, name: str) -> torch.dtype:
         return DTYPES[self.where[name].entries[name]["dtype"]]
 
-    def read(self, name: str, rows: slice = ...) -> torch.Tensor:
-        return self.where[name].read(name, rows)
+    def read(self, name: str, rows: slice = ..., reuse: bool = False) -> torch.Tensor:
+        """Tensor ``name`` or its rows; with ``reuse``, in this checkpoint's one buffer, which the
+        next such read overwrites (no fresh memory to page-fault per block)."""
+        if not reuse:
+            return self.where[name].read(name, rows)
+        sf = self.where[name]
+        begin, end, _ = sf.span(name, rows)
+        if self.buffer.numel() < end - begin:
+            self.buffer = torch.empty(end - begin, dtype=torch.uint8)
+        return sf.read(name, rows, into=self.buffer)
 
     def close(self) -> None:
         for sf in self.files.values():
@@ -183,63 +194,6 @@ def write_header(f, entries: list[tuple[str, tuple[int, ...], torch.dtype]], met
     f.write(len(raw).to_bytes(8, "little") + raw)
 
 
-def prefetch(items: Iterable, depth: int = 8) -> Iterator:
-    """Iterate ``items`` produced by a background thread, at most ``depth`` ahead: reads release
-    the GIL, so they overlap the merge arithmetic on the main thread."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def put(item) -> bool:
-        while not stop.is_set():  # a consumer that stopped early must not leave this thread blocked
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put(item):
-                    return
-        except BaseException as err:  # handed to the consumer, raised there
-            put(err)
-        put(done)
-
-    worker = threading.Thread(target=produce, daemon=True)
-    worker.start()
-    try:
-        while (item := q.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        worker.join()
-
-
-class BlockWriter:
-    """Appends tensor bytes to a file from one background thread, in submission order."""
-
-    def __init__(self, f, depth: int = 8) -> None:
-        self.f, self.depth = f, depth
-        self.pool = ThreadPoolExecutor(max_workers=1)
-        self.pending: deque = deque()
-
-    def write(self, block: torch.Tensor) -> None:
-        data = memoryview(block.contiguous().reshape(-1).view(torch.uint8).numpy())
-        self.pending.append(self.pool.submit(self.f.write, data))
-        if len(self.pending) > self.depth:  # bound the bytes in flight
-            self.pending.popleft().result()
-
-    def close(self) -> None:
-        while self.pending:
-            self.pending.popleft().result()
-        self.pool.shutdown()
-
-
 def merge_checkpoints(base_dir, prev_dir, sft_dir, out_dir, cfg: MergeConfig, iteration: int,
                       layer_scales: dict[int, float] | None = None,
                       max_shard_bytes: int = MAX_SHARD_BYTES) -> MergeStats:
@@ -268,31 +222,27 @@ def _write_shards(base, prev, sft, out, cfg, iteration, layer_scales, rules, max
     acc = StatsAccumulator()
     metadata = {"format": "pt", "merge": json.dumps(_rules_record(cfg, iteration, rules))}
     shards = shard_names(sft, max_shard_bytes)
-    work = [(name, _source(name, rules[name]), _ranges(name, rules[name], sft, cfg))
-            for names in shards for name in names]
+    work = Workspace(reuse_output=True)  # every block is written before the next is merged
     weight_map = {}
-    with closing(prefetch(_reads(work, rules, sources))) as stream, torch_threads(1):
+    with torch_threads(1):
         for i, names in enumerate(shards):
             fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            entries = [(n, sft.shape(n), _out_dtype(rules[n], n, sources)) for n in names]
             with open(out / fname, "wb") as f:
-                write_header(f, entries, metadata)
-                writer = BlockWriter(f)
-                try:
-                    for (name, src, ranges), (_, _, dtype) in zip(work[len(weight_map):], entries):
-                        for block in _merged(name, src, rules[name], itertools.islice(stream, len(ranges)),
-                                             cfg, iteration, n_layers, layer_scales, acc):
-                            writer.write(block.to(dtype))
-                        weight_map[name] = fname
-                finally:
-                    writer.close()
+                write_header(f, [(n, sft.shape(n), _out_dtype(rules[n], n, sources)) for n in names], metadata)
+                for name in names:
+                    for block in _blocks(name, rules[name], sources, cfg, iteration, n_layers, layer_scales,
+                                         acc, work):
+                        f.write(memoryview(block.reshape(-1).view(torch.uint8).numpy()))
+                    weight_map[name] = fname
     return acc.result(), weight_map
 
 
 @contextmanager
 def torch_threads(n: int):
-    """Blocks are small and memory-bound: intra-op threads cost more in sync than they gain, and
-    the other core is left to the read and write threads."""
+    """One intra-op thread, one thread in all: the ops are memory-bound, and on a machine shared
+    with other jobs every op's join waits for a descheduled thread (with 2 intra-op threads each op
+    took 30-100x longer), while read, mask and write threads beside the arithmetic cost more CPU in
+    hand-offs and fresh buffers than their overlap saved (bench/RESULTS-merge.md)."""
     old = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -301,13 +251,19 @@ def torch_threads(n: int):
         torch.set_num_threads(old)
 
 
-def _merged(name, src, rule, inputs, cfg, iteration, n_layers, layer_scales, acc):
-    """The output blocks of one tensor, in order."""
+def _blocks(name, rule, sources, cfg, iteration, n_layers, layer_scales, acc, work):
+    """The output blocks of one tensor, in order; each is valid until the next is produced."""
+    sft = sources["sft"]
+    src = _source(name, rule)
     if rule.startswith("copy:"):
-        yield from (t for (t,) in inputs)
+        model = sources[rule[5:]]
+        for rows in row_ranges("dare_linear", sft.shape(name), CHUNK_ELEMS * 4 // sft.dtype(name).itemsize):
+            yield model.read(name, rows, reuse=True)
         return
     alpha, scale = tensor_alpha_scale(cfg, src, n_layers, layer_scales)
-    for block, stats in merge_blocks(cfg, src, inputs, iteration, alpha, scale):
+    ranges = row_ranges(cfg.name, sft.shape(src))
+    inputs = (tuple(sources[k].read(src, rows, reuse=True) for k in ("base", "prev", "sft")) for rows in ranges)
+    for block, stats in merge_blocks(cfg, src, inputs, iteration, alpha, scale, work):
         if rule == "merge":  # a tied duplicate would count its twin twice
             acc.add(name, stats)
         yield block
@@ -316,24 +272,6 @@ def _merged(name, src, rule, inputs, cfg, iteration, n_layers, layer_scales, acc
 def _source(name: str, rule: str) -> str:
     # a tied duplicate is merged again from its twin's rows and seed, so both copies are identical
     return rule[5:] if rule.startswith("tied:") else name
-
-
-def _ranges(name: str, rule: str, sft: Checkpoint, cfg: MergeConfig) -> list:
-    shape = sft.shape(_source(name, rule))
-    if rule.startswith("copy:"):
-        return row_ranges("dare_linear", shape, CHUNK_ELEMS * 4 // sft.dtype(name).itemsize)
-    return row_ranges(cfg.name, shape)
-
-
-def _reads(work, rules, sources):
-    """The input row blocks of every tensor, in writing order: (tensor,) to copy, (base, prev, sft) to merge."""
-    for name, src, ranges in work:
-        rule = rules[name]
-        for rows in ranges:
-            if rule.startswith("copy:"):
-                yield (sources[rule[5:]].read(name, rows),)
-            else:
-                yield tuple(sources[k].read(src, rows) for k in ("base", "prev", "sft"))
 
 
 def _out_dtype(rule: str, name: str, sources) -> torch.dtype:

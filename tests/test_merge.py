@@ -1,20 +1,25 @@
 """DARE and the IMM merge formula (Eq. 5-7) as tensor properties."""
 
+import numpy as np
 import pytest
 import torch
 
-from imm.merge import (MERGE_METHODS, UPDATE_RULES, MergeConfig, check_compatible, dare, dare_linear, get,
-                       importance_scales, layer_index, merge_blocks, merge_state_dicts, merge_tensor, row_ranges,
-                       task_arithmetic, tensor_group, tensor_seed, ties, ties_merge, ties_update)
+from imm.merge import (MERGE_METHODS, UPDATE_RULES, DareMask, MergeConfig, check_compatible, count_nonzero, dare,
+                       dare_linear, get, importance_scales, layer_index, merge_blocks, merge_state_dicts, merge_tensor,
+                       row_ranges, task_arithmetic, tensor_group, tensor_seed, ties, ties_merge, ties_update)
 
 
 def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
+def mask(seed=0):
+    return DareMask(seed)
+
+
 def test_dare_drop_share_and_rescale():
     delta = torch.randn(200_000)
-    out = dare(delta, 0.3, gen())
+    out = dare(delta, 0.3, mask())
     kept = out != 0
     assert abs(1 - kept.float().mean().item() - 0.3) < 0.01  # dropped share ≈ p
     assert torch.allclose(out[kept], delta[kept] / 0.7)  # kept entries rescaled by 1/(1-p)
@@ -23,20 +28,53 @@ def test_dare_drop_share_and_rescale():
 
 def test_dare_deterministic_and_seed_sensitive():
     delta = torch.randn(1000)
-    assert torch.equal(dare(delta, 0.5, gen(1)), dare(delta, 0.5, gen(1)))
-    assert not torch.equal(dare(delta, 0.5, gen(1)), dare(delta, 0.5, gen(2)))
+    assert torch.equal(dare(delta, 0.5, mask(1)), dare(delta, 0.5, mask(1)))
+    assert not torch.equal(dare(delta, 0.5, mask(1)), dare(delta, 0.5, mask(2)))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9, 2**-12])
+def test_dare_mask_drops_a_p_share(p):
+    n = 4_000_000
+    keep = DareMask(3).multipliers(n, p)
+    dropped = int((keep == 0).sum())
+    sigma = (n * p * (1 - p)) ** 0.5
+    assert abs(dropped - n * p) < 5 * sigma  # Bernoulli(p): within 5 standard deviations
+    assert torch.equal(keep.unique(), torch.tensor([0.0, 1.0 / (1.0 - p)], dtype=torch.float32))
+
+
+def test_dare_mask_blocks_give_one_draw_and_stable_bits():
+    """Any split into blocks (odd sizes carry half a 64-bit word) draws the bits of one draw."""
+    whole = DareMask(7).words(101)
+    parts = DareMask(7)
+    assert np.array_equal(np.concatenate([parts.words(k) for k in (7, 0, 1, 33, 1, 59)]), whole)
+    # numpy's raw SFC64 stream is stable across versions; a change here changes every merge
+    assert DareMask(0).words(4).tolist() == [-1184210126, -1852465569, 1518247713, 1008588962]
+
+
+def test_dare_mask_deterministic_and_seed_sensitive():
+    assert torch.equal(DareMask(1).multipliers(1000, 0.3), DareMask(1).multipliers(1000, 0.3))
+    assert not torch.equal(DareMask(1).multipliers(1000, 0.3), DareMask(2).multipliers(1000, 0.3))
+    out = torch.empty(1000)
+    assert DareMask(1).multipliers(1000, 0.3, out=out).data_ptr() == out.data_ptr()
+
+
+def test_count_nonzero_in_pieces():
+    x = torch.randn(10_001)
+    x[torch.rand(10_001, generator=gen()) < 0.3] = 0
+    for scratch in (torch.empty(10_001), torch.empty(64)):  # one piece; 157 pieces
+        assert count_nonzero(x, scratch) == int(torch.count_nonzero(x))
 
 
 def test_dare_p0_is_identity():
     delta = torch.randn(100)
-    assert torch.equal(dare(delta, 0.0, gen()), delta)
+    assert torch.equal(dare(delta, 0.0, mask()), delta)
 
 
 def test_merge_alpha_extremes():
     base, prev, sft = torch.randn(50), torch.randn(50), torch.randn(50)
-    assert torch.allclose(dare_linear(base, prev, sft, alpha=1.0, p=0.4, generator=gen()), base)
-    expected = prev + dare(sft - prev, 0.4, gen())
-    assert torch.allclose(dare_linear(base, prev, sft, alpha=0.0, p=0.4, generator=gen()), expected, atol=1e-6)
+    assert torch.allclose(dare_linear(base, prev, sft, alpha=1.0, p=0.4, generator=mask()), base)
+    expected = prev + dare(sft - prev, 0.4, mask())
+    assert torch.allclose(dare_linear(base, prev, sft, alpha=0.0, p=0.4, generator=mask()), expected, atol=1e-6)
     half = dare_linear(base, prev, sft, alpha=0.5, p=0.0)
     assert torch.allclose(half, 0.5 * base + 0.5 * sft, atol=1e-6)  # p=0: α·θ + (1−α)·θ_sft
 
@@ -121,7 +159,7 @@ def test_registry_names_and_get():
 def test_methods_leave_inputs_alone_and_keep_dtype(name):
     base, prev, sft = (torch.randn(8, 8, generator=gen(i)) for i in range(3))
     copies = [t.clone() for t in (base, prev, sft)]
-    out = MERGE_METHODS[name](base, prev, sft.bfloat16(), alpha=0.3, p=0.5, generator=gen())
+    out = MERGE_METHODS[name](base, prev, sft.bfloat16(), alpha=0.3, p=0.5, generator=mask())
     assert out.dtype == torch.bfloat16 and out.shape == sft.shape
     assert all(torch.equal(a, b) for a, b in zip((base, prev, sft), copies))
 
@@ -195,7 +233,7 @@ def test_blocks_give_the_bits_of_one_draw():
     """Row blocks share one generator, so DARE over blocks equals DARE over the whole tensor."""
     base, prev, sft = (torch.randn(37, 11, generator=gen(i)).bfloat16() for i in range(3))
     cfg = MergeConfig(p=0.3, seed=5)
-    whole = dare_linear(base, prev, sft, alpha=0.4, p=0.3, generator=torch.Generator().manual_seed(tensor_seed(5, 2, "w")))
+    whole = dare_linear(base, prev, sft, alpha=0.4, p=0.3, generator=DareMask(tensor_seed(5, 2, "w")))
     ranges = row_ranges("dare_linear", (37, 11), chunk_elems=50)
     assert len(ranges) == 10  # 4 rows of 11 per block
     blocks = merge_blocks(cfg, "w", ((base[r], prev[r], sft[r]) for r in ranges), 2, 0.4, 1.0)
@@ -206,7 +244,7 @@ def test_blocks_give_the_bits_of_one_draw():
 def test_merge_tensor_stats():
     prev, sft = torch.zeros(1000), torch.ones(1000)
     sft[:200] = 0.0  # 800 nonzero deltas
-    _, stats = merge_tensor("dare_linear", prev, prev, sft, alpha=0.0, p=0.5, generator=gen())
+    _, stats = merge_tensor("dare_linear", prev, prev, sft, alpha=0.0, p=0.5, keep=mask().multipliers(1000, 0.5))
     assert stats.nonzero == 800 and 330 < stats.kept < 470
     assert stats.delta_sq == pytest.approx(800.0)
     assert stats.update_sq == pytest.approx(stats.kept * 4.0)  # kept entries moved by 1/(1−p) = 2
