@@ -16,6 +16,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from imm import interventions
+from imm.interventions import PAPER_VALUES
+
 IGNORE = -100
 
 
@@ -30,6 +33,8 @@ class SFTConfig:
     max_grad_norm: float = 1.0  # gradient clipping; 0 disables
     seed: int = 0  # batch order seed (combined with the iteration)
     backend: str = "torch"  # torch: the loop below, one process | trl: TRL SFTTrainer (bf16, DeepSpeed, multi-GPU)
+    intervention: str = "none"  # none | grad_decay | grad_clip | weight_mask (paper Table 5; imm/interventions.py)
+    intervention_value: float = 0.0  # γ, max norm or top-p of the intervention; 0 = the paper's (0.9, 2.0, 0.3)
     deepspeed: Optional[str] = None  # trl only: a DeepSpeed JSON (conf/deepspeed/zero3.json); None = no DeepSpeed
 
     def __post_init__(self) -> None:
@@ -41,6 +46,12 @@ class SFTConfig:
             raise ValueError(f"sft.warmup_ratio={self.warmup_ratio} must lie in [0, 1)")
         if self.backend not in ("torch", "trl"):
             raise ValueError(f"sft.backend={self.backend!r} is not one of ('torch', 'trl')")
+        if self.intervention not in PAPER_VALUES:
+            raise ValueError(f"sft.intervention={self.intervention!r} is not one of {sorted(PAPER_VALUES)}")
+        if self.intervention != "none" and self.backend != "torch":
+            raise ValueError("sft.intervention needs sft.backend=torch")
+        if self.intervention == "weight_mask" and not 0 <= self.intervention_value < 1:
+            raise ValueError(f"sft.intervention_value={self.intervention_value} must lie in [0, 1) for weight_mask")
         if self.deepspeed and self.backend != "trl":
             raise ValueError("sft.deepspeed needs sft.backend=trl")
 
@@ -85,6 +96,9 @@ def train(model, tok, rows: list[dict], prompt_fn, cfg: SFTConfig, iteration: in
     total = steps_per_epoch * cfg.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
+    how, val = cfg.intervention, interventions.value(cfg.intervention, cfg.intervention_value)
+    max_norm = interventions.clip_norm(how, val, cfg.max_grad_norm)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()} if how == "weight_mask" else None
     model.train()
     losses, tokens, padded, start = [], 0, 0, time.perf_counter()
     bar = tqdm(total=total, desc=f"sft it{iteration}", unit="step", leave=False, mininterval=2)
@@ -101,15 +115,17 @@ def train(model, tok, rows: list[dict], prompt_fn, cfg: SFTConfig, iteration: in
             tokens += int(mask.sum())
             padded += mask.numel()
             if (b + 1) % cfg.grad_accum == 0 or b + 1 == len(chunks):
-                if cfg.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                if max_norm:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
                 opt.step()
                 sched.step()
+                interventions.decay_step_size(opt, how, val, epoch)
                 opt.zero_grad(set_to_none=True)
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
     bar.close()
+    kept = interventions.keep_top_updates(model, before, val) if before is not None else 1.0
     model.eval()
     last = losses[-max(1, len(losses) // cfg.epochs):]
     return {"loss": sum(last) / len(last), "first_loss": losses[0], "steps": total,
-            "tokens_per_s": tokens / (time.perf_counter() - start), "pad_share": 1 - tokens / max(padded, 1)}
+            "tokens_per_s": tokens / (time.perf_counter() - start), "pad_share": 1 - tokens / max(padded, 1), "kept_share": kept}

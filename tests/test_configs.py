@@ -25,12 +25,16 @@ def compose_cfg(*overrides):
     return cfg
 
 
+OPTIONAL_GROUPS = {"baseline"}  # not in the defaults list: added with +group=option
+
+
 @pytest.mark.parametrize("group,option", [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))])
 def test_every_group_option_composes(group, option):
-    typed = validate(compose_cfg(f"{group}={option}"))
-    node = getattr(typed, group)
-    if hasattr(node, "name") and group in ("method", "merge"):
-        assert node.name == option
+    typed = validate(compose_cfg(f"{'+' if group in OPTIONAL_GROUPS else ''}{group}={option}"))
+    if group in ("method", "merge"):
+        assert getattr(typed, group).name == option
+    if group == "baseline":  # a method, or vanilla with one SFT intervention
+        assert (typed.method.name, typed.sft.intervention) in {(option, "none"), ("vanilla", option)}
 
 
 def test_defaults():
@@ -78,5 +82,7 @@ def test_every_sweep_composes_every_job(sweep, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     params = OmegaConf.load(ROOT / "sweeps" / f"{sweep}.yaml").hydra.sweeper.params
     expected = math.prod(len(str(v).split(",")) for v in params.values())
+    if sweep == "baselines":  # the five methods and the three SFT interventions
+        assert expected == 8
     written = list((tmp_path / "jobs").glob("*/config.yaml"))
     assert out.stdout.count("dry run: config valid") == len(written) == expected

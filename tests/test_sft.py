@@ -53,3 +53,36 @@ def test_nan_loss_raises(model_tok):
     with pytest.raises(FloatingPointError, match="SFT loss became"):
         sft.train(model, tok, rows(32), problems.format_prompt,
                   sft.SFTConfig(epochs=3, lr=1e30, batch_size=8, max_grad_norm=0.0), 0)
+
+
+@pytest.mark.parametrize("how", ["grad_decay", "grad_clip", "weight_mask"])
+def test_interventions_change_training(model_tok, how, tiny_model):
+    """Each SFT intervention of the paper's Table 5 trains a model different from plain SFT."""
+    import torch
+
+    from imm.models import ModelConfig, load_model, weights
+
+    def trained(intervention):
+        model = load_model(ModelConfig(path=str(tiny_model)))
+        cfg = sft.SFTConfig(epochs=3, lr=3e-3, batch_size=8, intervention=intervention,
+                            intervention_value=0.05 if intervention == "grad_clip" else 0.0)
+        stats = sft.train(model, model_tok[1], rows(32), problems.format_prompt, cfg, 0)
+        return weights(model), stats
+
+    base = weights(load_model(ModelConfig(path=str(tiny_model))))
+    plain, _ = trained("none")
+    changed, stats = trained(how)
+    assert any(not torch.equal(plain[k], changed[k]) for k in plain)
+    moved = sum(float((changed[k] - base[k]).norm()) for k in base)
+    assert moved < sum(float((plain[k] - base[k]).norm()) for k in base)  # each one restrains the update
+    if how == "weight_mask":
+        assert abs(stats["kept_share"] - 0.3) < 0.01
+        share = sum(int((changed[k] != base[k]).sum()) for k in base) / sum(t.numel() for t in base.values())
+        assert share <= 0.31
+
+
+def test_intervention_config_checks():
+    with pytest.raises(ValueError, match="sft.intervention"):
+        sft.SFTConfig(intervention="dropout")
+    with pytest.raises(ValueError, match="needs sft.backend=torch"):
+        sft.SFTConfig(intervention="grad_clip", backend="trl")
