@@ -1,20 +1,18 @@
-"""Final-answer extraction and comparison by value.
+"""Final-answer extraction: pure functions over a sample's text.
 
-Pure functions: ``extract_answer(text)`` finds the final answer of a chain-of-thought sample,
-``is_correct(pred, gold)`` compares two answers as numbers (falling back to normalised strings).
+``extract_answer(text)`` finds the final answer of a chain-of-thought sample (after cutting at the
+stop strings); comparing it with the gold answer is ``imm.grading``'s job.
 """
 
 from __future__ import annotations
 
 import re
-from fractions import Fraction
 
 # A sample ends its reasoning with "The answer is X." (paper Tables 11/12); models often keep
 # writing a new question afterwards, so the text is cut at these first.
 STOP_STRINGS = ("Question:", "### Instruction", "Problem:", "Q:")
 ANSWER_RE = re.compile(r"[Tt]he answer is[:\s]*(.+?)(?:\.\s|\.$|\n|$)")
 BOXED_RE = re.compile(r"\\boxed\{")
-NUMBER_RE = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)(/\d+)?$")
 
 
 def cut_at_stop(text: str, stops: tuple[str, ...] = STOP_STRINGS) -> str:
@@ -49,25 +47,3 @@ def extract_answer(text: str) -> str | None:
     if found:
         return found[-1].strip().rstrip(".").strip()
     return last_boxed(text)
-
-
-def to_number(answer: str) -> Fraction | None:
-    """A numeric answer as an exact Fraction ("1,234" → 1234, "$5" → 5, "3/4" → 3/4), else None."""
-    s = answer.strip().replace(",", "").replace("$", "").replace(" ", "")
-    s = s.rstrip("%") if s.endswith("%") else s
-    if not NUMBER_RE.match(s):
-        return None
-    try:
-        return Fraction(s)
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
-def is_correct(pred: str | None, gold: str) -> bool:
-    """Whether a predicted answer equals the gold one by value (exact for numbers)."""
-    if pred is None:
-        return False
-    a, b = to_number(pred), to_number(gold)
-    if a is not None and b is not None:
-        return a == b
-    return pred.strip().lower() == gold.strip().lower()

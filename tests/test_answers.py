@@ -2,7 +2,8 @@
 
 import pytest
 
-from imm.answers import cut_at_stop, extract_answer, is_correct, last_boxed
+from imm.answers import cut_at_stop, extract_answer, last_boxed
+from imm.grading import grade
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -26,7 +27,8 @@ def test_extract(text, expected):
     ("abc", "ABC", True), ("1e3", "1000", False),
 ])
 def test_is_correct(pred, gold, ok):
-    assert is_correct(pred, gold) is ok
+    text = "no final answer" if pred is None else f"The answer is {pred}."
+    assert grade(text, {"answer": gold}) is ok
 
 
 def test_cut_and_boxed():

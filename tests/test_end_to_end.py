@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import mlflow
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = ["dataset.n_train=32", "dataset.n_test=24", "generate.k=2", "generate.max_new_tokens=60",

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from imm.answers import extract_answer, is_correct
+from imm.answers import extract_answer
+from imm.grading import grade
 from imm.world import problems
 from imm.world.problems import (
     FAMILIES, ID_FAMILY, OOD_FAMILIES, PROMPT_TEMPLATE, format_prompt, make_split, render,
@@ -124,7 +125,7 @@ def test_tokenizer_digits_and_round_trip(tok):
             assert len(ids) < 130
             dec = tok.decode(tok(" " + it["solution"])["input_ids"] + [tok.eos_token_id],
                              skip_special_tokens=True)
-            assert is_correct(extract_answer(dec), it["answer"])
+            assert grade(dec, it)
     assert (tok.pad_token, tok.eos_token, tok.unk_token) == ("<pad>", "<eos>", "<unk>")
     assert tok.pad_token_id != tok.eos_token_id
 

@@ -44,7 +44,7 @@ import torch
 from tqdm import tqdm
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from imm.answers import extract_answer, is_correct
+from imm.grading import grade
 from imm.world.problems import (
     FAMILIES, ID_FAMILY, OOD_FAMILIES, SHORTCUT_STYLES, format_prompt, make_split,
     render, sample_problems,
@@ -131,7 +131,7 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int = 100, batch_si
 def evaluate(model, tok, items: list[dict], **kw) -> dict:
     """Greedy accuracy on ``items`` and the share of each solution style among the outputs."""
     outs = generate(model, tok, [format_prompt(it["question"]) for it in items], **kw)
-    correct = [is_correct(extract_answer(o), it["answer"]) for o, it in zip(outs, items)]
+    correct = [grade(o, it) for o, it in zip(outs, items)]
     styles: dict[str, int] = {}
     for o in outs:
         st = style_of(o)
@@ -230,7 +230,7 @@ def diversity(model, tok, n: int = 50, k: int = 4, temperatures=(0.2, 0.4, 0.6),
         correct, distinct, styles = 0, 0, {}
         for i, it in enumerate(items):
             ok = [x.strip() for x in texts[i * k:(i + 1) * k]
-                  if is_correct(extract_answer(x), it["answer"])]
+                  if grade(x, it)]
             correct += len(ok)
             distinct += len(set(ok))
             for x in ok:
