@@ -15,6 +15,18 @@ import torch
 from transformers import DynamicCache
 
 
+def nucleus_logits(logits: torch.Tensor, temps: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Logits at each row's temperature (> 0) with the tokens outside the top-p nucleus at -inf:
+    sampling from their softmax is temperature-then-nucleus sampling."""
+    scaled = logits.float() / temps[:, None]
+    if top_p < 1.0:
+        sorted_logits, order = scaled.sort(-1, descending=True)
+        sorted_p = sorted_logits.softmax(-1)
+        outside = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set with mass >= top_p
+        scaled = scaled.scatter(-1, order, sorted_logits.masked_fill(outside, float("-inf")))
+    return scaled
+
+
 def sample_next(logits: torch.Tensor, temps: torch.Tensor, top_p: float, generator: torch.Generator | None
                 ) -> torch.Tensor:
     """One token per row: argmax where temperature is 0, else nucleus sampling at that temperature."""
@@ -22,13 +34,7 @@ def sample_next(logits: torch.Tensor, temps: torch.Tensor, top_p: float, generat
     hot = temps > 0
     if not hot.any():
         return greedy
-    scaled = logits[hot].float() / temps[hot, None]
-    probs = scaled.softmax(-1)
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(-1, descending=True)
-        outside = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set with mass >= top_p
-        sorted_p[outside] = 0.0
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+    probs = nucleus_logits(logits[hot], temps[hot], top_p).softmax(-1)
     drawn = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     out = greedy.clone()
     out[hot] = drawn
@@ -59,6 +65,12 @@ def _cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def _last_logits_only(model) -> dict:
+    """Ask the prefill for the last position's logits alone where the model can (a 150k-token vocabulary
+    times every prompt position would be the largest tensor of the call)."""
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
 @torch.no_grad()
 def decode(model, tok, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, n: int, temps: list[float],
            top_p: float = 1.0, max_new_tokens: int = 96, stops: tuple[str, ...] = (),
@@ -71,7 +83,7 @@ def decode(model, tok, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
     kv = {_cache_kwarg(model): cache, "use_cache": True}
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                   **kv).logits[:, -1]
+                   **kv, **_last_logits_only(model)).logits[:, -1]
     if n > 1:  # one prefill per prompt, then n copies of its cache
         cache.batch_repeat_interleave(n)
         logits = logits.repeat_interleave(n, 0)
@@ -83,11 +95,12 @@ def decode(model, tok, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
     last_pos = positions[:, -1]
     out: list[list[int]] = [[] for _ in range(rows)]
     triggers = stop_triggers(tok, stops) if stops else set()
+    eos = tok.eos_token_id
     for step in range(max_new_tokens):
         nxt = sample_next(logits, row_temps[active], top_p, generator)
         finished = []
         for r, t in zip(active.tolist(), nxt.tolist()):
-            if t == tok.eos_token_id:
+            if t == eos:
                 finished.append(True)
                 continue
             out[r].append(t)
