@@ -25,8 +25,11 @@ class EvalConfig:
             raise ValueError("eval.n > 1 needs eval.temperature > 0 (greedy samples are identical)")
 
 
-def evaluate(model, tok, data, prompt_fn, cfg: EvalConfig, desc: str = "eval", complete_fn=None) -> dict[str, float]:
-    """Metrics {set: pass@1, set/pass_at_k: ..., id[/pass_at_k]: mean over ID sets, ood[/...]: OOD}."""
+def evaluate(model, tok, data, prompt_fn, cfg: EvalConfig, desc: str = "eval", complete_fn=None,
+             compile: bool = False) -> dict[str, float]:
+    """Metrics {set: pass@1, set/pass_at_k: ..., id[/pass_at_k]: mean over ID sets, ood[/...]: OOD}.
+
+    ``compile``: decode on the static, compiled path (imm.generate.complete)."""
     metrics: dict[str, float] = {}
     for name, items in data.tests.items():
         prompts = [prompt_fn(it) for it in items]
@@ -34,7 +37,8 @@ def evaluate(model, tok, data, prompt_fn, cfg: EvalConfig, desc: str = "eval", c
             outs = complete_fn(prompts, n=cfg.n, temperatures=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
         else:
             outs = complete(model, tok, prompts, n=cfg.n, temperatures=cfg.temperature,
-                            max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, desc=f"{desc} {name}")
+                            max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, desc=f"{desc} {name}",
+                            compile=compile)
         counts = [(len(o), sum(ok)) for o, ok in zip(outs, correctness(outs, items))]
         for k in cfg.ks:
             key = name if k == 1 else f"{name}/pass_at_{k}"  # MLflow names allow no "@"

@@ -106,7 +106,8 @@ def evaluate_stage(ctx: Context, model: ModelRef) -> dict[str, float]:
                                        tensor_parallel_size=ctx.cfg.generate.tensor_parallel_size)
             metrics = evaluate(None, ctx.tok, ctx.data, ctx.item_prompt, ctx.cfg.eval, complete_fn=engine)
         else:
-            metrics = evaluate(ctx.load(model), ctx.tok, ctx.data, ctx.item_prompt, ctx.cfg.eval)
+            metrics = evaluate(ctx.load(model), ctx.tok, ctx.data, ctx.item_prompt, ctx.cfg.eval,
+                               compile=ctx.cfg.generate.compile)
         write_json(tmp / "metrics.json", metrics)
 
     path, _ = ctx.store.get_or_compute("evaluate", key, compute)

@@ -1,5 +1,7 @@
 """Our batched decoding against transformers' generate, and the sampling contract of synthesize."""
 
+import shutil
+
 import pytest
 import torch
 
@@ -93,3 +95,50 @@ def test_stop_strings_end_a_sample(model_tok):
 def test_auto_batch_size(model_tok):
     model, _ = model_tok
     assert 1 <= auto_batch_size(model, 4, 200) <= 512 // 4
+
+
+def test_row_sampling_processor_greedy_rows_and_top_p():
+    from imm.decoding_static import RowSampling
+
+    scores = torch.tensor([[0.0, 5.0, 1.0], [10.0, 9.9, -50.0], [1.0, 0.5, 0.0]])
+    out = RowSampling(torch.tensor([0.0, 1.0, 2.0]), 0.5)(None, scores)
+    # row 0 greedy; row 1 keeps its top token (p > 0.5); row 2 at T=2 has p .42/.33/.25: two tokens reach 0.5
+    assert torch.isfinite(out).tolist() == [[False, True, False], [True, False, False], [True, True, False]]
+    full = RowSampling(torch.tensor([0.5, 2.0]), 1.0)(None, scores[:2])
+    assert torch.allclose(full, scores[:2] / torch.tensor([[0.5], [2.0]]))
+
+
+def test_until_eos_drops_eos_and_trailing_padding():
+    from imm.decoding_static import _until_eos
+
+    assert _until_eos([5, 6, 1, 7, 0, 0], eos=1, pad=0) == [5, 6]
+    assert _until_eos([5, 6, 7, 0, 0], eos=1, pad=0) == [5, 6, 7]  # ended at a stop string
+    assert _until_eos([5, 6, 7], eos=1, pad=1) == [5, 6, 7]
+
+
+needs_compiler = pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")),
+                                    reason="torch.compile on the CPU needs a C compiler")
+
+
+@needs_compiler
+def test_compiled_static_path_matches_row_dropping_loop(model_tok):
+    """Greedy text is the same on both paths, with and without stop strings, over a short last batch;
+    mixed greedy/sampled rows on the static path: greedy rows equal the greedy completion, seeded."""
+    model, tok = model_tok
+    ps = prompts(10)  # 20 prompts, batches of 8: the last batch is padded to 8 and cut back
+    for stops in [(), ("=",)]:
+        ours = complete(model, tok, ps, max_new_tokens=24, batch_size=8, stops=stops)
+        static = complete(model, tok, ps, max_new_tokens=24, batch_size=8, stops=stops, compile=True)
+        assert static == ours
+    mixed = complete(model, tok, ps, n=2, temperatures=[0.0, 1.0], max_new_tokens=24, batch_size=4, seed=1,
+                     stops=("=",), compile=True)
+    greedy = complete(model, tok, ps, max_new_tokens=24, batch_size=8, stops=("=",))
+    assert [m[0] for m in mixed] == [g[0] for g in greedy]
+    assert mixed == complete(model, tok, ps, n=2, temperatures=[0.0, 1.0], max_new_tokens=24, batch_size=4, seed=1,
+                             stops=("=",), compile=True)
+    assert any(m[1] != m[0] for m in mixed)  # temperature 1 rows are sampled
+
+
+def test_compile_is_for_the_hf_backend():
+    with pytest.raises(ValueError, match="compile"):
+        GenerateConfig(backend="vllm", compile=True)
