@@ -16,6 +16,8 @@ from transformers import CompileConfig, GenerationConfig, LogitsProcessor, Logit
 
 from imm.decoding import nucleus_logits
 
+RECOMPILE_LIMIT = 64  # shapes one process may compile (new models, new test sets) before torch falls back to eager
+
 
 class RowSampling(LogitsProcessor):
     """Each row at its own temperature then top-p (imm.decoding.sample_next's rule); rows at
@@ -54,6 +56,7 @@ def decode_static(model, tok, input_ids: torch.Tensor, attention_mask: torch.Ten
     config = generation_config(tok, n=n, sampling=sampling, max_new_tokens=max_new_tokens)
     if device.type != "cuda":
         config.compile_config._compile_all_devices = True  # transformers compiles on GPUs alone unless told
+    _allow_recompiles()
     extra = {"logits_processor": LogitsProcessorList([RowSampling(row_temps, top_p)])} if sampling else {}
     if stops:
         extra.update(stop_strings=list(stops), tokenizer=tok)
@@ -61,6 +64,14 @@ def decode_static(model, tok, input_ids: torch.Tensor, attention_mask: torch.Ten
         torch.manual_seed(seed)
         out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config, **extra)
     return [_until_eos(row, tok.eos_token_id, tok.pad_token_id) for row in out[:, input_ids.shape[1]:].tolist()]
+
+
+def _allow_recompiles() -> None:
+    """Every new model (each iteration's SFT and merge) and prompt width is a recompile of the same step;
+    torch's default limit (8) would silently send a long run back to eager decoding."""
+    dynamo = torch._dynamo.config
+    name = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"
+    setattr(dynamo, name, max(getattr(dynamo, name), RECOMPILE_LIMIT))
 
 
 def _until_eos(row: list[int], eos: int, pad: int) -> list[int]:

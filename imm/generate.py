@@ -21,6 +21,7 @@ from imm.decoding_static import decode_static
 
 BACKENDS = ("hf", "vllm")
 MAX_ROWS = 512  # sequences decoded at once on CPU; more gives no speed, only memory
+WIDTH_STEP = 64  # compile=true: prompts are left-padded to a multiple of this many tokens
 
 
 @dataclass
@@ -78,7 +79,9 @@ def complete(model, tok, prompts: list[str], *, n: int = 1, temperatures: list[f
         [temperatures[j % len(temperatures)] for j in range(n)]
     tok.padding_side = "left"
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    width = max(map(len, tok(prompts, add_special_tokens=True)["input_ids"])) if compile else None
+    width = None
+    if compile:  # prompt length rounded up, so test sets of similar prompts share one compiled shape
+        width = -(-max(map(len, tok(prompts, add_special_tokens=True)["input_ids"])) // WIDTH_STEP) * WIDTH_STEP
     size = batch_size or auto_batch_size(model, n, max_new_tokens + (width or max(len(p) for p in prompts)))
     gen = torch.Generator(device=model.device).manual_seed(seed)
     out: list[list[str]] = [[] for _ in prompts]
