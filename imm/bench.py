@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import platform
 import tempfile
 import time
@@ -72,6 +73,13 @@ def bench_generation(model, tok, prompts, args) -> list[tuple[str, float, float]
     took = time.perf_counter() - start
     tokens = sum(len(tok(s["text"], add_special_tokens=False)["input_ids"]) + 1 for g in samples for s in g)
     rows.append((f"imm synthesize (batch {args.batch})", tokens / took, took))
+    if args.compile:  # the static compiled path: once with its compile, once reusing it
+        for label in ("compiling", "compiled"):
+            start = time.perf_counter()
+            samples = synthesize(model, tok, prompts, dataclasses.replace(cfg, compile=True), 0)
+            took = time.perf_counter() - start
+            tokens = sum(len(tok(s["text"], add_special_tokens=False)["input_ids"]) + 1 for g in samples for s in g)
+            rows.append((f"imm synthesize, compile ({label})", tokens / took, took))
     return rows
 
 
@@ -107,6 +115,7 @@ def main(argv=None) -> None:
     p.add_argument("--max-new", type=int, default=80)
     p.add_argument("--sft-rows", type=int, default=1024)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--compile", action="store_true", help="also time generate.compile=true (static cache, compiled)")
     p.add_argument("--repeats", type=int, default=2, help="SFT runs per method (best counts)")
     args = p.parse_args(argv)
     if args.threads:
@@ -124,6 +133,8 @@ def main(argv=None) -> None:
     for name, rate, took in gen:
         print(f"{name:<40}{rate:>10.0f}{took:>10.1f}{rate / naive:>9.1f}x")
     print(f"imm vs plain batched: {gen[2][1] / gen[1][1]:.2f}x")
+    if args.sft_rows == 0:
+        return
 
     rows = [{"question": i["question"], "response": i["solution"]}
             for i in problems.make_split(problems.ID_FAMILY, "train", args.sft_rows, 1)]

@@ -4,7 +4,9 @@ No weights are downloaded: the model is random-initialised from the Qwen2.5-0.5B
 24 layers, 14 heads, 2 KV heads, MLP 4864, vocab 151936, tied embeddings) and the tokenizer is a
 byte-level one built on the fly (one token per ASCII byte, so a prompt of N characters is N tokens;
 the rest of the vocabulary is filler tokens). Stages: sampling (imm.generate.complete, k samples
-over the paper's temperatures; vLLM too where installed), SFT (imm.sft.train, or TRL with
+over the paper's temperatures, all prompts in one batch of prompts x k rows) beside a plain batched
+``generate`` on the same rows, and on the static compiled path (twice: with and without compiling);
+vLLM too where installed), SFT (imm.sft.train, or TRL with
 --sft-backend trl), a DARE merge (p=0.1, α=0.5, imm.merge.merge_state_dicts) and greedy evaluation.
 Each prints tokens/s; SFT also prints MFU = 6·params·tokens/s / peak FLOP/s.
 
@@ -50,6 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--vllm", default="auto", choices=["auto", "on", "off"], help="also sample with vLLM")
     ap.add_argument("--vllm-memory", type=float, default=0.5,
                     help="vLLM's share of GPU memory (the transformers model stays loaded beside it)")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                    help="also sample on the static-cache, compiled path (generate.compile=true)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.tiny:  # tiny lengths unless given explicitly
@@ -147,16 +151,43 @@ def inputs_on_model_device(model):
         handle.remove()
 
 
-def sample_stage(model, tok, prompts, args) -> dict:
+def counted(tok, groups) -> int:
+    """New tokens in the returned texts, re-encoded (a random model rarely stops before the limit)."""
+    return sum(len(tok(s, add_special_tokens=False)["input_ids"]) for g in groups for s in g)
+
+
+def sample_stage(model, tok, prompts, args, compile: bool = False) -> dict:
     from imm.generate import complete
 
     out: dict = {}
     with timed(args.device, out):
         samples = complete(model, tok, prompts, n=args.k, temperatures=TEMPERATURES, max_new_tokens=args.new_tokens,
-                           seed=args.seed, desc="smoke sample", stops=())
-    out["new_tokens"] = sum(len(tok(s, add_special_tokens=False)["input_ids"]) for g in samples for s in g)
+                           batch_size=args.prompts, seed=args.seed, desc="smoke sample", stops=(), compile=compile)
+    out["new_tokens"] = counted(tok, samples)
     out["tokens_per_s"] = out["new_tokens"] / out["seconds"]
     return out
+
+
+def reference_stage(model, tok, prompts, args) -> dict:
+    """The plain alternative: one batched ``generate`` over all prompts x k rows (dynamic cache, every
+    row until the slowest ends), sampling at the middle temperature."""
+    tok.padding_side = "left"
+    enc = tok(prompts, return_tensors="pt", padding=True, return_token_type_ids=False).to(model.device)
+    out: dict = {}
+    with timed(args.device, out):
+        ids = model.generate(**enc, do_sample=True, temperature=TEMPERATURES[1], top_k=0, num_return_sequences=args.k,
+                             max_new_tokens=args.new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    texts = tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    out["new_tokens"] = counted(tok, [texts])
+    out["tokens_per_s"] = out["new_tokens"] / out["seconds"]
+    return out
+
+
+def warm_up(model, tok, args) -> None:
+    """One short generate before any timing: CUDA context, cuBLAS handles, kernel loading."""
+    enc = tok(texts(2, 16, args.seed), return_tensors="pt", padding=True, return_token_type_ids=False).to(model.device)
+    model.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    sync(args.device)
 
 
 def vllm_stage(model, tok, prompts, args) -> dict | None:
@@ -177,7 +208,7 @@ def vllm_stage(model, tok, prompts, args) -> dict | None:
             samples = complete_vllm(path, prompts, n=args.k, temperatures=TEMPERATURES, max_new_tokens=args.new_tokens,
                                     seed=args.seed, stops=(), dtype=args.dtype,
                                     gpu_memory_utilization=args.vllm_memory)
-    out["new_tokens"] = sum(len(tok(s, add_special_tokens=False)["input_ids"]) for g in samples for s in g)
+    out["new_tokens"] = counted(tok, samples)
     out["tokens_per_s"] = out["new_tokens"] / out["seconds"]
     return out
 
@@ -224,7 +255,7 @@ def eval_stage(model, tok, prompts, args) -> dict:
     with timed(args.device, out):
         answers = complete(model, tok, prompts, n=1, temperatures=0.0, max_new_tokens=args.new_tokens,
                            desc="smoke eval", stops=())
-    out["new_tokens"] = sum(len(tok(a[0], add_special_tokens=False)["input_ids"]) for a in answers)
+    out["new_tokens"] = counted(tok, answers)
     out["tokens_per_s"] = out["new_tokens"] / out["seconds"]
     return out
 
@@ -245,7 +276,12 @@ def main(argv=None) -> dict:
     print(json.dumps(report), flush=True)
     base = {k: v.cpu() for k, v in weights(model).items()}
 
-    stages = [("sample", lambda: sample_stage(model, tok, prompts, args))]
+    warm_up(model, tok, args)
+    stages = [("sample_reference_generate", lambda: reference_stage(model, tok, prompts, args)),
+              ("sample", lambda: sample_stage(model, tok, prompts, args))]
+    if args.compile:  # the first call compiles the step (and captures CUDA graphs), the second reuses it
+        stages += [("sample_compiled_first", lambda: sample_stage(model, tok, prompts, args, compile=True)),
+                   ("sample_compiled", lambda: sample_stage(model, tok, prompts, args, compile=True))]
     if args.vllm != "off" and args.device.startswith("cuda"):
         stages.append(("sample_vllm", lambda: vllm_stage(model, tok, prompts, args)))
     sft_prompts = texts(args.sft_rows, args.prompt_len, args.seed + 1)

@@ -183,9 +183,11 @@ def test_gpu_smoke_runs_tiny_on_cpu():
     from imm.gpu_smoke import main
 
     report = main(["--device", "cpu", "--tiny", "--dtype", "float32"])
-    for stage in ("sample", "sft", "merge", "eval"):
+    for stage in ("sample_reference_generate", "sample", "sample_compiled_first", "sample_compiled", "sft", "merge",
+                  "eval"):
         assert report[stage]["seconds"] > 0
-    assert 0 < report["sample"]["new_tokens"] <= 4 * 2 * 16  # prompts × k × new tokens
+    for stage in ("sample_reference_generate", "sample", "sample_compiled"):
+        assert 0 < report[stage]["new_tokens"] <= 4 * 2 * 16  # prompts × k × new tokens
     assert 0 < report["eval"]["new_tokens"] <= 4 * 16
     assert math.isfinite(report["sft"]["loss"]) and report["sft"]["tokens_per_s"] > 0
     assert 0 <= report["sft"]["mfu"] < 1
