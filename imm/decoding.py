@@ -27,9 +27,17 @@ def nucleus_logits(logits: torch.Tensor, temps: torch.Tensor, top_p: float) -> t
     return scaled
 
 
-def sample_next(logits: torch.Tensor, temps: torch.Tensor, top_p: float, generator: torch.Generator | None
-                ) -> torch.Tensor:
-    """One token per row: argmax where temperature is 0, else nucleus sampling at that temperature."""
+def sample_next(logits: torch.Tensor, temps: torch.Tensor, top_p: float, generator: torch.Generator | None,
+                hot_rows: int | None = None) -> torch.Tensor:
+    """One token per row: argmax where temperature is 0, else nucleus sampling at that temperature.
+
+    ``hot_rows``: how many rows have a temperature above 0, where the caller knows; then the all-greedy
+    and all-sampled batches cost no wait on the device (the draws are the same either way)."""
+    if hot_rows == 0:
+        return logits.argmax(-1)
+    if hot_rows == logits.shape[0]:
+        probs = nucleus_logits(logits, temps, top_p).softmax(-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     greedy = logits.argmax(-1)
     hot = temps > 0
     if not hot.any():
@@ -90,30 +98,32 @@ def decode(model, tok, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
         attention_mask = attention_mask.repeat_interleave(n, 0)
         positions = positions.repeat_interleave(n, 0)
     rows = logits.shape[0]
-    row_temps = torch.tensor(temps, dtype=torch.float32, device=device).repeat(rows // n)
-    active = torch.arange(rows, device=device)
+    temps_of = temps * (rows // n)  # row i*n + j: temps[j]
+    active = list(range(rows))  # the rows still in the batch, kept on the host: no device wait to track them
+    row_temps = torch.tensor(temps_of, dtype=torch.float32, device=device)
+    hot_rows = sum(t > 0 for t in temps_of)
     last_pos = positions[:, -1]
     out: list[list[int]] = [[] for _ in range(rows)]
     triggers = stop_triggers(tok, stops) if stops else set()
     eos = tok.eos_token_id
     for step in range(max_new_tokens):
-        nxt = sample_next(logits, row_temps[active], top_p, generator)
+        nxt = sample_next(logits, row_temps, top_p, generator, hot_rows)
         finished = []
-        for r, t in zip(active.tolist(), nxt.tolist()):
+        for r, t in zip(active, nxt.tolist()):  # the step's one wait on the device
             if t == eos:
                 finished.append(True)
                 continue
             out[r].append(t)
             finished.append(t in triggers and _hits_stop(tok, out[r], stops))
-        if step == max_new_tokens - 1:
+        if step == max_new_tokens - 1 or all(finished):
             break
-        keep = ~torch.tensor(finished, device=device)
-        if not keep.any():
-            break
-        if not keep.all():
-            idx = keep.nonzero().squeeze(-1)
+        if any(finished):
+            keep = [i for i, done in enumerate(finished) if not done]
+            idx = torch.tensor(keep, device=device)
             cache.batch_select_indices(idx)
-            active, nxt, attention_mask, last_pos = active[idx], nxt[idx], attention_mask[idx], last_pos[idx]
+            active = [active[i] for i in keep]
+            hot_rows = sum(temps_of[r] > 0 for r in active)
+            nxt, attention_mask, last_pos, row_temps = nxt[idx], attention_mask[idx], last_pos[idx], row_temps[idx]
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(active), 1)], dim=1)
         last_pos = last_pos + 1
         logits = model(input_ids=nxt[:, None], attention_mask=attention_mask, position_ids=last_pos[:, None],

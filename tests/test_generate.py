@@ -142,3 +142,13 @@ def test_compiled_static_path_matches_row_dropping_loop(model_tok):
 def test_compile_is_for_the_hf_backend():
     with pytest.raises(ValueError, match="compile"):
         GenerateConfig(backend="vllm", compile=True)
+
+
+def test_sample_next_known_hot_rows_draw_the_same():
+    """Telling sample_next how many rows are hot (no device wait) changes no draw."""
+    logits = torch.randn(6, 50)
+    for temps in (torch.zeros(6), torch.full((6,), 0.7)):
+        hot = int((temps > 0).sum())
+        told = sample_next(logits, temps, 0.9, torch.Generator().manual_seed(3), hot_rows=hot)
+        found = sample_next(logits, temps, 0.9, torch.Generator().manual_seed(3))
+        assert told.tolist() == found.tolist()
