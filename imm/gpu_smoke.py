@@ -43,7 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--new-tokens", type=int, default=256, help="tokens generated per sample")
     ap.add_argument("--prompts", type=int, default=64, help="questions sampled and evaluated")
     ap.add_argument("--k", type=int, default=4, help="samples per question (paper: 3 GSM8K, 6 MATH)")
-    ap.add_argument("--sft-rows", type=int, default=64, help="training sequences (prompt + new-tokens response)")
+    ap.add_argument("--sft-rows", type=int, default=256,
+                    help="training sequences (prompt + new-tokens response): 16 optimizer steps at the defaults")
     ap.add_argument("--sft-batch", type=int, default=4, help="sequences per micro-batch (paper: 4 per device)")
     ap.add_argument("--grad-accum", type=int, default=4, help="micro-batches per optimizer step (paper: 4)")
     ap.add_argument("--sft-backend", default="torch", choices=["torch", "trl"], help="imm.sft.train or TRL")
