@@ -33,12 +33,12 @@ class RowSampling(LogitsProcessor):
         return torch.where(greedy[:, None], only_best, warped)
 
 
-def generation_config(tok, *, n: int, sampling: bool, max_new_tokens: int) -> GenerationConfig:
+def generation_config(tok, *, sampling: bool, max_new_tokens: int) -> GenerationConfig:
     """Every sampling knob set explicitly, so nothing comes from the checkpoint's generation_config.json
     (instruct checkpoints ship top_k, top_p, repetition penalties)."""
     return GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=sampling, temperature=1.0, top_k=0, top_p=1.0, min_p=None,
-        repetition_penalty=1.0, num_return_sequences=n, num_beams=1, pad_token_id=tok.pad_token_id,
+        repetition_penalty=1.0, num_beams=1, pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id, cache_implementation="static",
         compile_config=CompileConfig(dynamic=False))
 
@@ -53,7 +53,7 @@ def decode_static(model, tok, input_ids: torch.Tensor, attention_mask: torch.Ten
     device = input_ids.device
     row_temps = torch.tensor(temps, dtype=torch.float32, device=device).repeat(input_ids.shape[0])
     sampling = bool((row_temps > 0).any())
-    config = generation_config(tok, n=n, sampling=sampling, max_new_tokens=max_new_tokens)
+    config = generation_config(tok, sampling=sampling, max_new_tokens=max_new_tokens)
     if device.type != "cuda":
         config.compile_config._compile_all_devices = True  # transformers compiles on GPUs alone unless told
     _allow_recompiles()
@@ -62,7 +62,9 @@ def decode_static(model, tok, input_ids: torch.Tensor, attention_mask: torch.Ten
         extra.update(stop_strings=list(stops), tokenizer=tok)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config, **extra)
+        # rows repeated here rather than by num_return_sequences, which greedy generate refuses for n > 1
+        out = model.generate(input_ids=input_ids.repeat_interleave(n, 0),
+                             attention_mask=attention_mask.repeat_interleave(n, 0), generation_config=config, **extra)
     return [_until_eos(row, tok.eos_token_id, tok.pad_token_id) for row in out[:, input_ids.shape[1]:].tolist()]
 
 

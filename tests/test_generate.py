@@ -137,6 +137,9 @@ def test_compiled_static_path_matches_row_dropping_loop(model_tok):
     assert mixed == complete(model, tok, ps, n=2, temperatures=[0.0, 1.0], max_new_tokens=24, batch_size=4, seed=1,
                              stops=("=",), compile=True)
     assert any(m[1] != m[0] for m in mixed)  # temperature 1 rows are sampled
+    twice_greedy = complete(model, tok, ps[:4], n=2, temperatures=0.0, max_new_tokens=24, batch_size=4,
+                            stops=("=",), compile=True)
+    assert twice_greedy == [[g[0], g[0]] for g in greedy[:4]]
 
 
 def test_compile_is_for_the_hf_backend():
