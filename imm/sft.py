@@ -94,7 +94,8 @@ def train(model, tok, rows: list[dict], prompt_fn, cfg: SFTConfig, iteration: in
     torch.manual_seed(cfg.seed * 1_000_003 + iteration)
     steps_per_epoch = math.ceil(math.ceil(len(examples) / cfg.batch_size) / cfg.grad_accum)
     total = steps_per_epoch * cfg.epochs
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    fused = {"fused": True} if next(model.parameters()).is_cuda else {}  # one kernel per step on a GPU
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
     how, val = cfg.intervention, interventions.value(cfg.intervention, cfg.intervention_value)
     max_norm = interventions.clip_norm(how, val, cfg.max_grad_norm)
