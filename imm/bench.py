@@ -68,18 +68,16 @@ def bench_generation(model, tok, prompts, args) -> list[tuple[str, float, float]
     rows.append((f"plain batched generate (batch {args.batch})", tokens / (time.perf_counter() - start),
                  time.perf_counter() - start))
     cfg = GenerateConfig(k=args.k, temperatures=[0.2, 0.4, 0.6], max_new_tokens=args.max_new, batch_size=args.batch)
-    start = time.perf_counter()
-    samples = synthesize(model, tok, prompts, cfg, 0)
-    took = time.perf_counter() - start
-    tokens = sum(len(tok(s["text"], add_special_tokens=False)["input_ids"]) + 1 for g in samples for s in g)
-    rows.append((f"imm synthesize (batch {args.batch})", tokens / took, took))
+    runs = [(f"imm synthesize (batch {args.batch})", cfg)]
     if args.compile:  # the static compiled path: once with its compile, once reusing it
-        for label in ("compiling", "compiled"):
-            start = time.perf_counter()
-            samples = synthesize(model, tok, prompts, dataclasses.replace(cfg, compile=True), 0)
-            took = time.perf_counter() - start
-            tokens = sum(len(tok(s["text"], add_special_tokens=False)["input_ids"]) + 1 for g in samples for s in g)
-            rows.append((f"imm synthesize, compile ({label})", tokens / took, took))
+        runs += [(f"imm synthesize, compile ({label})", dataclasses.replace(cfg, compile=True))
+                 for label in ("compiling", "compiled")]
+    for name, run_cfg in runs:
+        start = time.perf_counter()
+        samples = synthesize(model, tok, prompts, run_cfg, 0)
+        took = time.perf_counter() - start
+        tokens = sum(len(tok(s["text"], add_special_tokens=False)["input_ids"]) + 1 for g in samples for s in g)
+        rows.append((name, tokens / took, took))
     return rows
 
 
@@ -113,7 +111,7 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=64, help="prompts per call (ours and the plain batched generate)")
     p.add_argument("--naive", type=int, default=32, help="prompts for the naive loop (it is slow)")
     p.add_argument("--max-new", type=int, default=80)
-    p.add_argument("--sft-rows", type=int, default=1024)
+    p.add_argument("--sft-rows", type=int, default=1024, help="0 = generation only (no SFT, no evaluation)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="also time generate.compile=true (static cache, compiled)")
     p.add_argument("--repeats", type=int, default=2, help="SFT runs per method (best counts)")
