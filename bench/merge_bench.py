@@ -33,8 +33,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from imm.merge import MergeConfig, row_ranges  # noqa: E402
-from imm.merge_engine import Checkpoint, merge_checkpoints, shard_names, write_header  # noqa: E402
+from imm.merge.rules import MergeConfig, row_ranges  # noqa: E402
+from imm.merge.engine import Checkpoint, merge_checkpoints, shard_names, write_header  # noqa: E402
 
 QWEN25_05B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
                   intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True,

@@ -17,12 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from imm.data import DatasetConfig
 from imm.evaluate import EvalConfig
-from imm.generate import GenerateConfig
-from imm.merge import MergeConfig
+from imm.sampling import GenerateConfig
+from imm.merge.rules import MergeConfig
 from imm.methods import MethodConfig
 from imm.models import ModelConfig, asset_path
-from imm.sft import SFTConfig
-from imm.stages import StageConfig
+from imm.sft.config import SFTConfig
+from imm.store import StageConfig
 from imm.tracking import TrackingConfig
 
 

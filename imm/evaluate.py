@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List
 
-from imm.generate import complete
-from imm.grading import correctness
-from imm.passk import mean_pass_at_k
+from imm.sampling import complete
+from imm.grading.checks import correctness
+from imm.grading.passk import mean_pass_at_k
 
 
 @dataclass
@@ -29,7 +29,7 @@ def evaluate(model, tok, data, prompt_fn, cfg: EvalConfig, desc: str = "eval", c
              compile: bool = False) -> dict[str, float]:
     """Metrics {set: pass@1, set/pass_at_k: ..., id[/pass_at_k]: mean over ID sets, ood[/...]: OOD}.
 
-    ``compile``: decode on the static, compiled path (imm.generate.complete)."""
+    ``compile``: decode on the static, compiled path (imm.sampling.complete)."""
     metrics: dict[str, float] = {}
     for name, items in data.tests.items():
         prompts = [prompt_fn(it) for it in items]

@@ -19,14 +19,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imm import steps
+from imm import stages as steps
 from imm.config import Config
 from imm.data import load_data
-from imm.merge import importance_scales
+from imm.merge.rules import importance_scales
 from imm.models import load_tokenizer
-from imm.stages import StageStore, write_jsonl
+from imm.store import StageStore, write_jsonl
 from imm.tracking import Tracker
-from imm.weight_change import weight_change
+from imm.analysis.weight_change import weight_change
 
 log = logging.getLogger(__name__)
 

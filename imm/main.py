@@ -20,10 +20,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from imm import loop, summary
+from imm import loop
+
+from imm.report import console as summary
 from imm.config import validate
 from imm.provenance import provenance
-from imm.stages import StageStore, digest
+from imm.store import StageStore, digest
 from imm.tracking import Tracker
 
 log = logging.getLogger("imm")

@@ -1,101 +1,210 @@
-"""A content-addressed store for stage outputs, shared by every job that points at it.
+"""The loop's stages, each a function over the stage store: find the output by key, else compute it.
 
-A stage's output lives in ``<root>/<stage>/<key>/`` where the key hashes the stage name, its
-version, its inputs' keys and its own config slice. A job that finds the key reuses the output;
-two jobs that reach one key at once compute it once (a file lock; the other waits, then reuses).
-Outputs are written under a temporary name and renamed, so a killed job never leaves a half
-output behind under a real key. With sharing off, keys are salted per job (nothing is shared
-between jobs, but a job still resumes from its own outputs).
+A model is passed around as a ``ModelRef`` (its key and folder); ``Context.load`` keeps the last
+model in memory so consecutive stages of one job do not reload it from disk.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import json
 import logging
-import os
-import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
 
-from filelock import FileLock
+from imm import sampling as generate
+
+from imm import methods
+
+from imm import sft
+from imm.config import Config
+from imm.data import Data
+from imm.evaluate import evaluate
+from imm.grading.filtering import keep_correct
+from imm.analysis.importance import layer_importance
+from imm.merge.engine import merge_checkpoints
+from imm.models import ModelConfig, load_model
+from imm.store import StageStore, digest, read_json, read_jsonl, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
-# Bump a stage's version when its code changes what it writes, so old outputs are not reused.
-VERSIONS = {"evaluate": 1, "synthesize": 1, "trainset": 1, "importance": 1, "sft": 1, "merge": 2}
+
+@dataclass(frozen=True)
+class ModelRef:
+    key: str
+    path: Path
+    teacher: bool = False  # loaded with the teacher's config and tokenizer
 
 
 @dataclass
-class StageConfig:
-    root: str = "???"  # folder of the store; jobs that share it share stage outputs
-    share: bool = True  # false: salt keys per job, so no output is shared between jobs
+class Context:
+    cfg: Config
+    store: StageStore
+    data: Data
+    tok: object
+    teacher_tok: object = None
+    _key: str | None = None  # the model held in memory
+    _model: object = None
+
+    def prompt(self, question: str) -> str:
+        """The training prompt (SFT, importance): the configured template."""
+        return self.cfg.prompt.format(question=question)
+
+    def item_prompt(self, item: dict) -> str:
+        """The sampling / evaluation prompt: the item's own (few-shot benchmarks) or the template."""
+        return item.get("prompt") or self.prompt(item["question"])
+
+    def load(self, ref: ModelRef):
+        if self._key != ref.key:
+            cfg = self.cfg.teacher if ref.teacher else self.cfg.model
+            self._model, self._key = load_model(cfg, str(ref.path)), ref.key
+        return self._model
+
+    def take(self, ref: ModelRef):
+        """The model, loaded if needed, for a caller that changes it in place (its key is forgotten)."""
+        model = self.load(ref)
+        self._key = None
+        return model
+
+    def hold(self, ref: ModelRef, model) -> None:
+        self._model, self._key = model, ref.key
 
 
-def digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+def base_ref(model: ModelConfig, teacher: bool = False) -> ModelRef:
+    """A pretrained model's identity, from its content (not its path): the config and a sample of
+    each weight file's bytes, so a copy elsewhere reuses the same stages and a changed file does not."""
+    path = Path(model.path)
+    if not path.is_dir():  # a hub id names one revision's content already
+        return ModelRef(digest({"hub": model.path, "dtype": model.dtype}), path, teacher)
+    files = []
+    for f in sorted(path.glob("*.safetensors")):
+        files.append((f.name, f.stat().st_size, _sample_hash(f)))
+    config = (path / "config.json").read_text() if (path / "config.json").exists() else ""
+    return ModelRef(digest({"config": config, "dtype": model.dtype, "files": files}), path, teacher)
 
 
-@dataclass
-class StageStore:
-    root: Path
-    salt: str = ""  # non-empty when sharing is off
-    executed: list[str] = field(default_factory=list)
-    reused: list[str] = field(default_factory=list)
-
-    def key(self, stage: str, **inputs: Any) -> str:
-        return digest({"stage": stage, "version": VERSIONS[stage], "salt": self.salt, **inputs})
-
-    def path(self, stage: str, key: str) -> Path:
-        return self.root / stage / key
-
-    def done(self, stage: str, key: str) -> bool:
-        return self.path(stage, key).is_dir()
-
-    def get_or_compute(self, stage: str, key: str, compute: Callable[[Path], Any]) -> tuple[Path, Any]:
-        """The output folder of (stage, key), computing it with ``compute(tmp_dir)`` if absent.
-
-        Returns (folder, what compute returned), or (folder, None) when the output was reused."""
-        final = self.path(stage, key)
-        if final.is_dir():
-            self.reused.append(stage)
-            return final, None
-        final.parent.mkdir(parents=True, exist_ok=True)
-        (self.root / ".locks").mkdir(exist_ok=True)
-        with FileLock(self.root / ".locks" / f"{stage}-{key}.lock"):
-            if final.is_dir():  # another job finished it while we waited
-                self.reused.append(stage)
-                return final, None
-            for stale in final.parent.glob(f"{key}.tmp-*"):  # left by a killed job; we hold the lock
-                shutil.rmtree(stale, ignore_errors=True)
-            tmp = final.with_name(f"{key}.tmp-{os.getpid()}")
-            tmp.mkdir()
-            result = compute(tmp)
-            os.rename(tmp, final)
-        self.executed.append(stage)
-        log.debug("stage %s/%s computed", stage, key)
-        return final, result
+def _sample_hash(path: Path, chunks: int = 16, size: int = 1 << 16) -> str:
+    """SHA-256 of ``chunks`` evenly spaced blocks of a file (cheap for multi-GB checkpoints)."""
+    h, total = hashlib.sha256(), path.stat().st_size
+    with open(path, "rb") as f:
+        for i in range(chunks):
+            f.seek(max(0, (total - size) * i // max(1, chunks - 1)))
+            h.update(f.read(size))
+    return h.hexdigest()
 
 
-def finished_outputs(root: Path) -> list[Path]:
-    """Every finished stage output in a store (not locks, not a killed job's temporary folders)."""
-    return [p for p in Path(root).glob("*/*") if p.is_dir() and ".tmp-" not in p.name and p.parent.name != ".locks"]
+def data_key(ctx: Context, split: str) -> str:
+    d = asdict(ctx.cfg.dataset)
+    d.pop("n_test" if split == "train" else "n_train")
+    return digest({"dataset": d, "split": split, "prompt": ctx.cfg.prompt})
 
 
-def write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=1, sort_keys=True))
+def evaluate_stage(ctx: Context, model: ModelRef) -> dict[str, float]:
+    key = ctx.store.key("evaluate", model=model.key, eval=asdict(ctx.cfg.eval), tests=data_key(ctx, "test"))
+
+    def compute(tmp: Path) -> None:
+        if ctx.cfg.generate.backend == "vllm":
+            from imm.sampling.vllm import complete_vllm
+
+            engine = functools.partial(complete_vllm, str(local_dir(model.path)), dtype=_model_cfg(ctx, model).dtype,
+                                       tensor_parallel_size=ctx.cfg.generate.tensor_parallel_size)
+            metrics = evaluate(None, ctx.tok, ctx.data, ctx.item_prompt, ctx.cfg.eval, complete_fn=engine)
+        else:
+            metrics = evaluate(ctx.load(model), ctx.tok, ctx.data, ctx.item_prompt, ctx.cfg.eval,
+                               compile=ctx.cfg.generate.compile)
+        write_json(tmp / "metrics.json", metrics)
+
+    path, _ = ctx.store.get_or_compute("evaluate", key, compute)
+    return read_json(path / "metrics.json")
 
 
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+def synthesize_stage(ctx: Context, model: ModelRef, t: int) -> tuple[str, list[dict], dict]:
+    """Sample k solutions per training question and keep the correct ones: (key, kept rows, yield)."""
+    key = ctx.store.key("synthesize", model=model.key, generate=asdict(ctx.cfg.generate), iteration=t,
+                        train=data_key(ctx, "train"))
+
+    def compute(tmp: Path) -> None:
+        prompts = [ctx.item_prompt(item) for item in ctx.data.train]
+        if ctx.cfg.generate.backend == "vllm":
+            from imm.sampling.vllm import synthesize_vllm
+
+            samples = synthesize_vllm(str(local_dir(model.path)), prompts, ctx.cfg.generate, t,
+                                      tensor_parallel_size=ctx.cfg.generate.tensor_parallel_size,
+                                      dtype=_model_cfg(ctx, model).dtype)
+        else:
+            tok = ctx.teacher_tok if model.teacher else ctx.tok
+            samples = generate.synthesize(ctx.load(model), tok, prompts, ctx.cfg.generate, t)
+        kept, y = keep_correct(ctx.data.train, samples, t)
+        write_jsonl(tmp / "kept.jsonl", kept)
+        write_json(tmp / "yield.json", {"sampled": y.sampled, "kept": y.kept, "questions": y.questions,
+                                        "covered": y.covered, "yield": y.rate, "coverage": y.coverage})
+
+    path, _ = ctx.store.get_or_compute("synthesize", key, compute)
+    return key, read_jsonl(path / "kept.jsonl"), read_json(path / "yield.json")
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "w") as f:
-        f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+def trainset_stage(ctx: Context, kept_keys: list[str], history: list[list[dict]]) -> tuple[str, list[dict]]:
+    m = ctx.cfg.method
+    mode = methods.METHODS[m.name][0]
+    recipe = {"mode": mode, "share": m.history_share if mode == "mixture" else None}
+    key = ctx.store.key("trainset", recipe=recipe, kept=kept_keys, seed=ctx.cfg.run.seed)
+
+    def compute(tmp: Path) -> None:
+        write_jsonl(tmp / "rows.jsonl", methods.build_trainset(m, history, ctx.cfg.run.seed))
+
+    path, _ = ctx.store.get_or_compute("trainset", key, compute)
+    return key, read_jsonl(path / "rows.jsonl")
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+def importance_stage(ctx: Context, model: ModelRef, data: str, rows: list[dict]) -> dict[int, float]:
+    key = ctx.store.key("importance", model=model.key, data=data)
+
+    def compute(tmp: Path) -> None:
+        write_json(tmp / "importance.json", layer_importance(ctx.load(model), ctx.tok, rows, ctx.prompt))
+
+    path, _ = ctx.store.get_or_compute("importance", key, compute)
+    return {int(k): v for k, v in read_json(path / "importance.json").items()}
+
+
+def sft_stage(ctx: Context, model: ModelRef, data: str, rows: list[dict], t: int) -> tuple[ModelRef, dict]:
+    key = ctx.store.key("sft", model=model.key, data=data, sft=asdict(ctx.cfg.sft), iteration=t)
+
+    def compute(tmp: Path):
+        net, stats = sft.fine_tune(lambda: ctx.take(model), local_dir(model.path), ctx.tok, rows, ctx.prompt,
+                                   ctx.cfg.sft, t, tmp, ctx.cfg.model.dtype)
+        write_json(tmp / "stats.json", stats)
+        return net
+
+    path, net = ctx.store.get_or_compute("sft", key, compute)
+    ref = ModelRef(key, path / "model")
+    if net is not None:
+        ctx.hold(ref, net)
+    return ref, read_json(path / "stats.json")
+
+
+def merge_stage(ctx: Context, base: ModelRef, prev: ModelRef, tuned: ModelRef, scales: dict[int, float] | None,
+                t: int) -> tuple[ModelRef, dict]:
+    """θ_m = α·θ + (1−α)·(θ_prev + [scale·]DARE(θ_sft − θ_prev)), streamed over the safetensors files."""
+    key = ctx.store.key("merge", base=base.key, prev=prev.key, sft=tuned.key, merge=asdict(ctx.cfg.merge),
+                        iteration=t, scales=scales)
+
+    def compute(tmp: Path) -> None:
+        stats = merge_checkpoints(local_dir(base.path), local_dir(prev.path), tuned.path, tmp / "model",
+                                  ctx.cfg.merge, t, scales)
+        write_json(tmp / "stats.json", asdict(stats))
+
+    path, _ = ctx.store.get_or_compute("merge", key, compute)
+    return ModelRef(key, path / "model"), read_json(path / "stats.json")
+
+
+def local_dir(path: Path) -> Path:
+    """A checkpoint folder on disk; a hub id is fetched into the local cache first."""
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(str(path), allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+
+
+def _model_cfg(ctx: Context, ref: ModelRef) -> ModelConfig:
+    return ctx.cfg.teacher if ref.teacher else ctx.cfg.model

@@ -1,4 +1,10 @@
-"""Shared fixtures: paths and environment that keep tests on local files and small thread counts."""
+"""Shared fixtures: paths and environment that keep tests on local files and small thread counts.
+
+Tests come in three layers, one folder each, marked by the folder they are in:
+  tests/unit         pure functions and config composition (about a minute): pytest -m unit
+  tests/integration  a tiny model through each stage, and one job end to end
+  tests/system       processes killed and resumed, a real SLURM cluster, concurrent MLflow writers
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+LAYERS = ("unit", "integration", "system")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        layer = Path(str(item.fspath)).parent.name
+        if layer in LAYERS:
+            item.add_marker(getattr(pytest.mark, layer))
+
+
 @pytest.fixture
 def root() -> Path:
     return ROOT
@@ -24,8 +40,8 @@ def tiny_model(tmp_path_factory):
     """A random-initialised 2-layer Qwen2 with the testbed world's tokenizer, saved to a folder."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from imm.world import problems
-    from imm.world.tokenizer import build_tokenizer
+    from imm.data.world import problems
+    from imm.data.world.tokenizer import build_tokenizer
 
     import torch
 

@@ -1,0 +1,12 @@
+"""The testbed world: a CPU-sized stand-in for GSM8K and its OOD sets, with a tiny pretrained model.
+
+- :mod:`imm.data.world.problems`  seeded problem families, splits, prompt format (``make_split``).
+- :mod:`imm.data.world.tokenizer` word-level tokenizer, digits as single tokens (``load_tokenizer``).
+- :mod:`imm.data.world.pretrain`  ``python -m imm.data.world.pretrain --out imm/assets/testbed --seed 0``.
+
+The shipped base model and tokenizer live in ``imm/assets/testbed`` (see its ``pretrain.json``).
+"""
+
+from pathlib import Path
+
+TESTBED_DIR = Path(__file__).resolve().parents[2] / "assets" / "testbed"

@@ -1,0 +1,275 @@
+"""Grading samples: is a chain-of-thought sample's final answer the gold one?
+
+``grade(text, item)`` cuts the sample at the few-shot stop strings, takes its last "The answer is
+..." (or last ``\\boxed{}``) and compares it with ``item["answer"]`` by the item's ``kind``
+(``imm.data.benchmarks``): ``numeric`` by exact value, ``latex`` through math-verify, ``choice`` by
+option letter. ``grade_many(texts, items, workers=2, timeout=5)`` does the same in forked worker
+processes with a per-item time limit: sympy can take minutes (or forever) on a pathological
+answer, and math-verify's own limits use SIGALRM, which only works in a process's main thread.
+A model's text is parsed, never evaluated.
+
+Decisions a reader should know (each has a case in tests/unit/test_grading.py):
+- a percent sign is dropped on both sides: "10%" equals 10 (GSM8K-style golds give the number of
+  percent), and does not equal 0.1;
+- numbers compare exactly ("0.33" is not 1/3); "1,234", "$5", "12 apples", "x = 5", "8.0" are
+  read as the one number they contain; a sample with two numbers and no "=" is wrong;
+- LaTeX answers go to math-verify as "$gold$" and "The answer is $pred$." (unwrapped it reads
+  only a prefix, and "1-\\frac1e" matches "1+\\frac1e"); an expression is not accepted for a gold
+  equation of a line ("2x+3" for "y=2x+3");
+- a multiple-choice answer is its letter ("(B)", "b )", "Option B"), else the one option whose
+  text it equals.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import re
+import signal
+from dataclasses import dataclass
+from fractions import Fraction
+
+from imm.grading.answers import ANSWER_RE, cut_at_stop, last_boxed
+from imm.data.benchmarks import LETTERS
+from imm.data.prompts import STOP_STRINGS
+
+log = logging.getLogger(__name__)
+# math-verify warns on every process that its own SIGALRM limits are off; ours replace them.
+logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+# LaTeX and typography that carry no value: currency, spacing, \left( ... \right), degrees.
+NOISE = (("\\$", ""), ("$", ""), ("\\%", "%"), ("{,}", ","), ("\\,", ""), ("\\!", ""),
+         ("\\left", ""), ("\\right", ""), ("\\(", ""), ("\\)", ""), ("\u2212", "-"), ("€", ""),
+         ("£", ""), ("^\\circ", ""), ("^{\\circ}", ""), ("°", ""), ("**", ""))
+TEXT_RE = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")
+FRAC_RE = re.compile(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}")
+UNIT_POWER_RE = re.compile(r"(?<=[A-Za-z])\^\{?\d\}?|[²³]")  # cm^2, m³: part of a unit, not a number
+NUM_RE = re.compile(r"(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d*\.?\d+)(?:\s*/\s*(\d*\.?\d+))?")
+OPERATOR_RE = re.compile(r"[+*/=<>^]|-(?![A-Za-z]{2})")  # "5-year-old": a hyphen before a word is no minus
+RATIO_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*:\s*(\d+(?:\.\d+)?)\s*$")
+LETTER_RE = re.compile(r"^(?:option|choice)?\s*[(\[]?\s*([A-Ea-e])\s*(?:[)\]:.]|$)", re.I)
+
+
+# ---- extraction ----
+
+def final_answer(text: str) -> str | None:
+    """The last "The answer is X" or last ``\\boxed{X}`` (whichever comes later) before a stop string."""
+    text = cut_at_stop(text, STOP_STRINGS)
+    said = list(ANSWER_RE.finditer(text))
+    if said and said[-1].start() > text.rfind("\\boxed{"):
+        answer = said[-1].group(1).strip().rstrip(".").strip()
+        return last_boxed(answer) or answer
+    return last_boxed(text)
+
+
+def clean(answer: str) -> str:
+    s = TEXT_RE.sub(r" \1", answer)
+    s = FRAC_RE.sub(r"(\1)/(\2)", s) if "frac" in s else s
+    for old, new in NOISE:
+        s = s.replace(old, new)
+    return s.strip()
+
+
+# ---- numeric ----
+
+def parse_number(answer: str) -> Fraction | None:
+    """The one number an answer states ("-1,234.5", "3/4", "$5", "12 apples", "x = 5", "10%"), else None."""
+    s = clean(answer)
+    s = s.rsplit("=", 1)[1] if "=" in s else s  # "x = 5", "18 + 5 = 23": the value after the last "="
+    s = UNIT_POWER_RE.sub("", s.replace("(", " ").replace(")", " "))
+    found = list(NUM_RE.finditer(s))
+    if len(found) != 1:
+        return None
+    m = found[0]
+    before, after = s[:m.start()].rstrip(), s[m.end():]
+    sign = -1 if before.endswith("-") else 1
+    if before.endswith(("-", "+")):
+        if before[:-1] and not before[-2].isspace():
+            return None  # "x-5": a difference, not a sign
+        before = before[:-1]
+    if OPERATOR_RE.search(f"{before} {after}"):
+        return None  # an expression, not a number
+    num, den = Fraction(m.group(1).replace(",", "")), Fraction(m.group(2) or 1)
+    return sign * num / den if den else None
+
+
+def normalize(answer: str) -> str:
+    return re.sub(r"\s+", "", clean(answer)).rstrip(".").lower()
+
+
+def numeric_equal(pred: str, gold: str) -> bool:
+    """Equal by value; ratios "2:3" by value of a/b; other golds ("yes") as normalised strings."""
+    g = parse_number(gold)
+    if g is not None:
+        return parse_number(pred) == g
+    rg, rp = RATIO_RE.match(gold), RATIO_RE.match(clean(pred))
+    if rg and rp:
+        a, b, c, d = (Fraction(x) for x in (*rg.groups(), *rp.groups()))
+        return bool(b and d) and a / b == c / d
+    return normalize(pred) == normalize(gold)
+
+
+# ---- LaTeX ----
+
+def unwrap(answer: str) -> str:
+    s = answer.strip().rstrip(".").strip()
+    for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if s.startswith(left) and s.endswith(right) and len(s) > len(left) + len(right):
+            return s[len(left):-len(right)].strip()
+    return s
+
+
+def latex_equal(pred: str, gold: str) -> bool:
+    """Mathematical equivalence through math-verify, both sides wrapped so the whole answer parses.
+
+    The caller enforces time limits (``grade_many``): math-verify's own SIGALRM limits are off."""
+    from math_verify import parse, verify
+    from sympy import Equality
+
+    g = parse(f"${unwrap(gold)}$", parsing_timeout=None)
+    p = parse(f"The answer is ${unwrap(pred)}$.", parsing_timeout=None)
+    if not g or not p:
+        return normalize(unwrap(pred)) == normalize(unwrap(gold))
+    if isinstance(g[0], Equality) and len(g[0].free_symbols) > 1 and not isinstance(p[0], Equality):
+        return False  # a line "y=2x+3" is asked for; "2x+3" is an expression, not the line
+    return verify(g, p, timeout_seconds=None)
+
+
+# ---- multiple choice ----
+
+def choice_letter(pred: str, choices: list[str]) -> str | None:
+    """The option letter an answer names, else the letter of the one option whose text it equals."""
+    s = clean(pred).replace("{", "").replace("}", "").strip()
+    m = LETTER_RE.match(s)
+    if m:
+        return m.group(1).upper()
+    same = [LETTERS[i] for i, c in enumerate(choices) if numeric_equal(pred, c)]
+    return same[0] if len(same) == 1 else None
+
+
+# ---- one sample ----
+
+def check_numeric(pred: str, item: dict) -> bool:
+    return numeric_equal(pred, item["answer"])
+
+
+def check_latex(pred: str, item: dict) -> bool:
+    return latex_equal(pred, item["answer"])
+
+
+def check_choice(pred: str, item: dict) -> bool:
+    choices = item.get("choices", [])
+    letter = choice_letter(pred, choices)
+    return letter is not None and letter == item["answer"].strip().upper() and (
+        not choices or LETTERS.index(letter) < len(choices))
+
+
+CHECKS = {"numeric": check_numeric, "latex": check_latex, "choice": check_choice}
+
+
+def grade(text: str, item: dict) -> bool:
+    """Whether a sample's final answer is the item's gold answer (items without a kind: numeric).
+
+    No time limit here: model text goes through ``grade_many``."""
+    pred = final_answer(text)
+    return pred is not None and CHECKS[item.get("kind", "numeric")](pred, item)
+
+
+# ---- many samples, in forked workers ----
+
+class GradeTimeout(BaseException):
+    """Raised by the worker's alarm; a BaseException so no library's ``except Exception`` hides it."""
+
+
+def on_alarm(signum, frame):
+    raise GradeTimeout
+
+
+def grade_limited(text: str, item: dict, timeout: float) -> tuple[bool, bool]:
+    """(correct, timed out) for one sample, run in a worker's main thread under an alarm."""
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        try:
+            correct = grade(text, item)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        return bool(correct), False
+    except GradeTimeout:
+        return False, True
+    except Exception:  # a check that breaks on odd input grades the sample wrong
+        return False, False
+
+
+@dataclass
+class Graded:
+    correct: list[bool]
+    timeouts: int  # samples graded False because their check ran out of time
+
+
+def warm_up() -> None:
+    """Build math-verify's parsers once in the parent, so forked workers inherit them."""
+    from math_verify import parse
+
+    parse("$1$", parsing_timeout=None)
+
+
+def grade_report(texts: list[str], items: list[dict], workers: int = 2, timeout: float = 5.0) -> Graded:
+    """``grade`` for each (text, item) pair in ``workers`` forked processes, ``timeout`` s per item.
+
+    An alarm stops a slow check in Python code; a check stuck in C code (a huge integer power)
+    ignores it, so the parent also waits at most 2 x timeout + 1 s for each result, then counts
+    that item as timed out and replaces the pool (killing the stuck worker) for the rest."""
+    if len(texts) != len(items):
+        raise ValueError(f"{len(texts)} texts for {len(items)} items")
+    if workers < 1 or timeout <= 0:
+        raise ValueError(f"workers={workers} must be >= 1 and timeout={timeout} > 0")
+    if any(it.get("kind") == "latex" for it in items):
+        warm_up()
+    correct, timeouts, pending = [False] * len(items), 0, list(range(len(items)))
+    while pending:
+        with mp.get_context("fork").Pool(min(workers, len(pending))) as pool:  # exit terminates
+            futures = [(i, pool.apply_async(grade_limited, (texts[i], items[i], timeout))) for i in pending]
+            pending = []
+            for j, (i, fut) in enumerate(futures):
+                # Workers take items in order, so item i is running by now: it ends within the
+                # alarm unless stuck in C.
+                try:
+                    correct[i], late = fut.get(timeout=2 * timeout + 1)
+                except mp.TimeoutError:
+                    timeouts += 1
+                    pending = [k for k, f in futures[j + 1:] if not f.ready()]
+                    for k, f in futures[j + 1:]:
+                        if f.ready():
+                            correct[k], late = f.get()
+                            timeouts += late
+                    break
+                timeouts += late
+    return Graded(correct, timeouts)
+
+
+def grade_many(texts: list[str], items: list[dict], workers: int = 2, timeout: float = 5.0) -> list[bool]:
+    """Correctness of each sample; timed-out checks are graded False and logged."""
+    graded = grade_report(texts, items, workers, timeout)
+    if graded.timeouts:
+        log.warning("grading: %d of %d checks timed out (graded wrong)", graded.timeouts, len(texts))
+    return graded.correct
+
+
+def grade_groups(groups: list[list[str]], items: list[dict], workers: int = 2, timeout: float = 5.0) -> list[list[bool]]:
+    """Correctness of several samples per item (pass@k, filtering), graded in one pool."""
+    flat_texts = [t for g in groups for t in g]
+    flat_items = [it for g, it in zip(groups, items, strict=True) for _ in g]
+    flat, out, at = grade_many(flat_texts, flat_items, workers, timeout), [], 0
+    for g in groups:
+        out.append(flat[at:at + len(g)])
+        at += len(g)
+    return out
+
+
+def correctness(groups: list[list[str]], items: list[dict]) -> list[list[bool]]:
+    """Correctness of each sample of each item: numeric checks in process (pure Python, fast),
+    LaTeX and multiple choice through the forked, time-limited workers."""
+    if all(item.get("kind", "numeric") == "numeric" for item in items):
+        return [[grade(t, item) for t in g] for g, item in zip(groups, items, strict=True)]
+    return grade_groups(groups, items)

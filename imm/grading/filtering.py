@@ -1,0 +1,37 @@
+"""Keeping the correct samples: extract each sample's final answer and compare it with the gold one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from imm.grading.checks import correctness
+
+
+@dataclass
+class Yield:
+    sampled: int  # samples drawn
+    kept: int  # samples whose final answer equals the gold answer
+    questions: int  # questions asked
+    covered: int  # questions with at least one kept sample
+
+    @property
+    def rate(self) -> float:
+        return self.kept / self.sampled if self.sampled else 0.0
+
+    @property
+    def coverage(self) -> float:
+        return self.covered / self.questions if self.questions else 0.0
+
+
+def keep_correct(items: list[dict], samples: list[list[dict]], iteration: int) -> tuple[list[dict], Yield]:
+    """The correct samples as training rows {question, answer, response, temperature, iteration}."""
+    kept: list[dict] = []
+    covered = 0
+    verdicts = correctness([[s["text"] for s in group] for group in samples], items)
+    for item, group, ok in zip(items, samples, verdicts, strict=True):
+        good = [s for s, right in zip(group, ok) if right]
+        covered += bool(good)
+        kept += [{"question": item["question"], "answer": item["answer"], "response": s["text"],
+                  "temperature": s["temperature"], "iteration": iteration} for s in good]
+    sampled = sum(len(g) for g in samples)
+    return kept, Yield(sampled, len(kept), len(items), covered)

@@ -1,0 +1,427 @@
+"""Model merging as pure functions over tensors (paper Eq. 5-7), and the whole-model merge in memory.
+
+IMM:  δᵗ = θ_sftᵗ − θ_prev,  δ̂ = DARE(δᵗ, p),  θ_mᵗ = α·θ + (1−α)·(θ_prev + δ̂)
+IIMM: as IMM, with each layer n's δ̂ scaled by N·I_n / Σᵢ Iᵢ (I_n: layer importance, Eq. 3).
+
+Every method in ``MERGE_METHODS`` shares one call signature ``(base, prev, sft, *, alpha, p,
+generator, scale)`` (``generator``: a ``DareMask``) and one combination,
+α·θ + (1−α)·(θ_prev + scale·U(δ)); they differ in the update rule U (``UPDATE_RULES``):
+
+- ``dare_linear``      U = DARE: drop each entry with probability p, rescale the kept by 1/(1−p).
+- ``task_arithmetic``  U = identity (scale = λ·layer scale; α=0, λ=1 gives θ_sft back).
+- ``ties``             U = TIES-merging of the single task vector δ = θ_sft − θ_prev, taken relative
+                       to θ_prev: keep the top (1−p) share by magnitude, elect the sign, disjoint mean.
+                       With one task vector the elected sign is δ's own, so U is the trimmed δ;
+                       ``ties_merge`` is the general rule for several task vectors.
+- ``layer_adaptive``   U = DARE with a per-layer α: a linear ramp, a list, or derived from Eq. 3
+                       importances (the dynamic, layer-adaptive merging the paper leaves to future work).
+
+DARE masks (``DareMask``: 32 random bits per entry from numpy's SFC64) are seeded per (seed,
+iteration, tensor name), so a merge is bit-reproducible. The mask is drawn row block by row block in
+order, which gives the same bits as one draw over the whole tensor, so the streaming engine
+(``imm.merge.engine``) and ``merge_state_dicts`` agree exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, List
+
+import numpy as np
+import torch
+
+from imm.merge.stats import LAYER_RE, MergeStats, StatsAccumulator, TensorStats, tensor_group  # noqa: F401
+
+ALPHA_SCHEDULES = ("ramp", "list", "importance")
+EXCLUDE_SOURCES = ("sft", "base", "prev")
+# entries merged at once: 2^18 was fastest (2^16: 4x the per-op Python overhead; 2^20: float32
+# buffers of 4 MiB fall out of cache); memory per block is a few MiB
+CHUNK_ELEMS = 1 << 18
+
+
+@dataclass
+class MergeConfig:
+    name: str = "dare_linear"  # a key of MERGE_METHODS
+    alpha: float = 0.5  # weight of the base model θ, in [0, 1]; paper: 0.5 (layer_adaptive: α at layer 0)
+    p: float = 0.1  # drop share of the update, in [0, 1): DARE's random drop rate, TIES' trimmed share
+    seed: int = 0  # DARE mask seed (combined with iteration and tensor name)
+    lam: float = 1.0  # λ >= 0, weight of the update (task arithmetic's scaling); 1 = the whole update
+    alpha_schedule: str = "ramp"  # layer_adaptive: ramp | list | importance (1−α_n = (1−α)·N·I_n/ΣI)
+    alpha_last: float = 0.5  # layer_adaptive ramp: α at the last layer, in [0, 1]
+    alpha_by_layer: List[float] = field(default_factory=list)  # layer_adaptive list: α of each layer
+    exclude: List[str] = field(default_factory=list)  # regexes (re.search) of tensor names not merged
+    exclude_from: str = "sft"  # model an excluded tensor is copied from: sft | base | prev
+
+    def __post_init__(self) -> None:
+        if self.name not in MERGE_METHODS:
+            raise ValueError(f"merge.name={self.name!r} is not one of {sorted(MERGE_METHODS)}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"merge.alpha={self.alpha} must lie in [0, 1]")
+        if not 0.0 <= self.p < 1.0:
+            raise ValueError(f"merge.p={self.p} must lie in [0, 1)")
+        if not (math.isfinite(self.lam) and self.lam >= 0.0):
+            raise ValueError(f"merge.lam={self.lam} must be a finite number >= 0")
+        if self.alpha_schedule not in ALPHA_SCHEDULES:
+            raise ValueError(f"merge.alpha_schedule={self.alpha_schedule!r} is not one of {ALPHA_SCHEDULES}")
+        if not 0.0 <= self.alpha_last <= 1.0:
+            raise ValueError(f"merge.alpha_last={self.alpha_last} must lie in [0, 1]")
+        if any(not 0.0 <= a <= 1.0 for a in self.alpha_by_layer):
+            raise ValueError(f"merge.alpha_by_layer={list(self.alpha_by_layer)}: every value must lie in [0, 1]")
+        if self.name == "layer_adaptive" and self.alpha_schedule == "list" and not self.alpha_by_layer:
+            raise ValueError("merge.alpha_by_layer is empty but merge.alpha_schedule=list needs one α per layer")
+        if self.exclude_from not in EXCLUDE_SOURCES:
+            raise ValueError(f"merge.exclude_from={self.exclude_from!r} is not one of {EXCLUDE_SOURCES}")
+        for pattern in self.exclude:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"merge.exclude: {pattern!r} is not a valid regex ({err})") from None
+
+
+def tensor_seed(seed: int, iteration: int, name: str) -> int:
+    """A stable 63-bit seed for one tensor's DARE mask (Python's hash() is salted per process)."""
+    digest = hashlib.sha256(f"{seed}/{iteration}/{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+# ---- the DARE mask: which entries of δ survive ------------------------------------------------------
+
+class DareMask:
+    """One tensor's DARE drop decisions, drawn as a stream: entry i takes the i-th 32 bits of the
+    raw SFC64 stream seeded with ``seed`` (numpy keeps raw bit streams stable across versions) and is
+    dropped when they, as an unsigned integer, fall below round(p·2³²): exactly Bernoulli(p), to
+    within 2⁻³³. Drawn block by block in order, the bits are those of one draw over the whole tensor.
+    About three times faster than ``torch.rand`` (a Mersenne Twister)."""
+
+    def __init__(self, seed: int) -> None:
+        self.bits = np.random.SFC64(seed)
+        self.spare: np.ndarray | None = None  # the upper half of a 64-bit word an odd-sized draw left
+
+    def words(self, n: int) -> np.ndarray:
+        """The next n 32-bit draws as int32, two per 64-bit word, low half first."""
+        if n == 0:
+            return np.empty(0, np.int32)
+        lead = [] if self.spare is None else [self.spare]
+        need = n - len(lead)
+        drawn = self.bits.random_raw((need + 1) // 2).view(np.int32)
+        self.spare = drawn[need:].copy() if len(drawn) > need else None
+        return np.concatenate(lead + [drawn[:need]]) if lead else drawn[:need]
+
+    def multipliers(self, n: int, p: float, out: torch.Tensor | None = None) -> torch.Tensor:
+        """DARE's factor for the next n entries (float32, into ``out`` if given): 1/(1−p) where
+        kept, 0 where dropped."""
+        out = torch.empty(n) if out is None else out
+        # u < threshold as uint32 ⟺ (u − 2³¹) < threshold − 2³¹ as int32: the shift is a bijection
+        threshold = min(round(p * 2**32), 2**32 - 1) - 2**31
+        # in place on the fresh draws, then widened (a compare into float32 makes a temporary)
+        keep = out.copy_(torch.from_numpy(self.words(n)).ge_(threshold))
+        # keep·(1/(1−p)) is 1/(1−p) or 0, so δ times it equals (δ·keep)·(1/(1−p)) to the bit
+        return keep.mul_(1.0 / (1.0 - p))
+
+
+# Rules that draw a DARE mask; p = 0 draws none (every entry kept).
+DRAWS_MASK = {"dare_linear", "layer_adaptive"}
+
+
+def dare_mask(cfg: MergeConfig, name: str, iteration: int) -> DareMask | None:
+    """The mask stream of one tensor, seeded per (seed, iteration, name); None where none is drawn."""
+    if cfg.name not in DRAWS_MASK or cfg.p == 0.0:
+        return None
+    return DareMask(tensor_seed(cfg.seed, iteration, name))
+
+
+# ---- update rules U(δ): what of δ = θ_sft − θ_prev survives --------------------------------------
+
+def dare_(delta: torch.Tensor, p: float, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """DARE in place on ``delta``, given its multipliers ``keep`` (``DareMask.multipliers``)."""
+    if p == 0.0:
+        return delta
+    if keep is None:
+        raise ValueError("DARE with p > 0 needs the mask's multipliers")
+    return delta.mul_(keep.view(delta.shape))  # no masked copies
+
+
+def dare(delta: torch.Tensor, p: float, generator: DareMask | None = None) -> torch.Tensor:
+    """Drop each entry of ``delta`` with probability p and rescale the kept ones by 1/(1−p)."""
+    if p == 0.0:
+        return delta.clone()
+    return dare_(delta.clone(), p, (generator or _fresh_mask()).multipliers(delta.numel(), p))
+
+
+def _fresh_mask() -> DareMask:
+    """A mask stream seeded from torch's global generator (seed it for reproducible draws)."""
+    return DareMask(int(torch.randint(2**62, ())))
+
+
+def keep_all(delta: torch.Tensor, p: float, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Task arithmetic's update: δ itself (p is not used)."""
+    return delta
+
+
+def trim_top(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """Keep the round(density·numel) entries of largest magnitude, zero the rest (TIES 'trim')."""
+    k = int(round(density * delta.numel()))
+    flat = delta.reshape(-1)
+    out = torch.zeros_like(flat)
+    if k > 0:
+        idx = flat.abs().topk(k, sorted=False).indices
+        out[idx] = flat[idx]
+    return out.view_as(delta)
+
+
+def ties_merge(deltas: torch.Tensor, density: float) -> torch.Tensor:
+    """TIES over task vectors stacked on dim 0: trim each, elect the sign of the summed mass,
+    average only the entries that agree with it (disjoint mean)."""
+    trimmed = torch.stack([trim_top(d, density) for d in deltas])
+    elected = torch.sign(trimmed.sum(dim=0))
+    agree = (torch.sign(trimmed) == elected) & (trimmed != 0)
+    total = torch.where(agree, trimmed, torch.zeros_like(trimmed)).sum(dim=0)
+    return total / agree.sum(dim=0).clamp(min=1)
+
+
+def ties_update(delta: torch.Tensor, p: float, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """TIES with δ as the single task vector relative to θ_prev; p is the trimmed share."""
+    return ties_merge(delta.unsqueeze(0), 1.0 - p)
+
+
+# (δ, p, DARE multipliers or None) -> U(δ); a rule may overwrite δ
+UpdateFn = Callable[..., torch.Tensor]
+UPDATE_RULES: dict[str, UpdateFn] = {
+    "dare_linear": dare_, "task_arithmetic": keep_all, "ties": ties_update, "layer_adaptive": dare_,
+}
+# Rules that act entry by entry may run on row blocks; TIES ranks magnitudes over the whole tensor.
+ELEMENTWISE = {"dare_linear", "task_arithmetic", "layer_adaptive"}
+
+
+class Workspace:
+    """Buffers reused by every block of a merge: float32 ones for δ, θ_prev widened, the DARE
+    multipliers and a counting scratch (at most ``CHUNK_ELEMS``, ``count_nonzero`` goes in pieces),
+    and with ``reuse_output`` the merged block itself (the engine writes each block before the next).
+    Blocks then allocate nothing: fresh MiB-sized buffers are page-faulted afresh each time, which
+    cost the engine about a third of its time."""
+
+    def __init__(self, reuse_output: bool = False) -> None:
+        self.reuse_output = reuse_output
+        self.bufs: dict[object, torch.Tensor] = {}
+
+    def take(self, key: object, n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A flat buffer of n entries, the same memory every time for one key (contents undefined)."""
+        buf = self.bufs.get(key)
+        if buf is None or buf.numel() < n or buf.dtype != dtype:
+            buf = self.bufs[key] = torch.empty(n, dtype=dtype)
+        return buf[:n]
+
+    def output(self, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+        if not self.reuse_output:
+            return torch.empty(shape, dtype=dtype)
+        return self.take("out", math.prod(shape), dtype).view(shape)
+
+
+def count_nonzero(x: torch.Tensor, scratch: torch.Tensor) -> int:
+    """Nonzero entries of ``x``, without a branch per entry: ``torch.count_nonzero`` branches, and
+    δ's zeros (DARE's drops) fall at random, which made it 10x slower than this compare-and-sum.
+    ``scratch``: float32, counted in pieces of its size (a float32 sum of 0s and 1s is exact below
+    2²⁴ entries)."""
+    flat, step = x.reshape(-1), min(scratch.numel(), 1 << 24)
+    total = 0
+    for start in range(0, flat.numel(), step):
+        piece = flat[start:start + step]
+        total += int(torch.ne(piece, 0, out=scratch[:piece.numel()]).sum())
+    return total
+
+
+def merge_tensor(method: str, base: torch.Tensor, prev: torch.Tensor, sft: torch.Tensor, *, alpha: float,
+                 p: float, keep: torch.Tensor | None = None, scale: float = 1.0,
+                 work: Workspace | None = None) -> tuple[torch.Tensor, TensorStats]:
+    """α·θ + (1−α)·(θ_prev + scale·U(θ_sft − θ_prev)) in float32, returned in θ_sft's dtype,
+    with its stats; ``keep``: the DARE multipliers of these entries; ``work`` lends reusable
+    buffers (the engine passes one for the whole merge)."""
+    work = work or Workspace()
+    n = sft.numel()
+    delta, prev32 = work.take("delta", n).view(sft.shape), work.take("prev", n).view(sft.shape)
+    scratch = work.take("count", min(n, CHUNK_ELEMS))
+    # bf16 → float32 is exact, so each op below gives the float32 result; θ_prev, used three
+    # times, is widened once (a mixed-dtype op costs twice a float32 one)
+    prev32.copy_(prev)
+    delta.copy_(sft).sub_(prev32)
+    flat = delta.view(-1)
+    delta_sq, nonzero = float(torch.dot(flat, flat)), count_nonzero(delta, scratch)
+    update = UPDATE_RULES[method](delta, p, keep)
+    kept = count_nonzero(update, scratch)
+    if scale != 1.0:  # x·1 = x: skipping it changes no bit
+        update.mul_(scale)
+    update.add_(prev32).mul_(1.0 - alpha).add_(base, alpha=alpha)
+    merged = work.output(sft.shape, sft.dtype).copy_(update)  # rounds once, as .to(dtype) would
+    moved = update.copy_(merged).sub_(prev32).view(-1)
+    return merged, TensorStats(delta_sq=delta_sq, update_sq=float(torch.dot(moved, moved)),
+                               nonzero=nonzero, kept=kept)
+
+
+def _merge_one(method, base, prev, sft, alpha, p, generator, scale) -> torch.Tensor:
+    """One whole tensor, its DARE mask drawn from ``generator`` (a fresh stream if None)."""
+    keep = None
+    if method in DRAWS_MASK and p > 0.0:
+        keep = (generator or _fresh_mask()).multipliers(sft.numel(), p)
+    return merge_tensor(method, base, prev, sft, alpha=alpha, p=p, keep=keep, scale=scale)[0]
+
+
+def dare_linear(base, prev, sft, *, alpha, p, generator=None, scale=1.0) -> torch.Tensor:
+    """IMM, Eq. 6 (Eq. 7 with ``scale`` = N·I_n/ΣI):
+    α·θ + (1−α)·(θ_prev + scale·DARE(θ_sft − θ_prev))."""
+    return _merge_one("dare_linear", base, prev, sft, alpha, p, generator, scale)
+
+
+def task_arithmetic(base, prev, sft, *, alpha, p, generator=None, scale=1.0) -> torch.Tensor:
+    """α·θ + (1−α)·(θ_prev + scale·δ); p is not used."""
+    return _merge_one("task_arithmetic", base, prev, sft, alpha, p, generator, scale)
+
+
+def ties(base, prev, sft, *, alpha, p, generator=None, scale=1.0) -> torch.Tensor:
+    """α·θ + (1−α)·(θ_prev + scale·TIES(δ)), δ trimmed to its top (1−p) share by magnitude."""
+    return _merge_one("ties", base, prev, sft, alpha, p, generator, scale)
+
+
+def layer_adaptive(base, prev, sft, *, alpha, p, generator=None, scale=1.0) -> torch.Tensor:
+    """IMM with this tensor's layer α (resolved by ``tensor_alpha_scale`` from the config)."""
+    return _merge_one("layer_adaptive", base, prev, sft, alpha, p, generator, scale)
+
+
+MergeFn = Callable[..., torch.Tensor]
+MERGE_METHODS: dict[str, MergeFn] = {
+    "dare_linear": dare_linear,
+    "task_arithmetic": task_arithmetic,
+    "ties": ties,
+    "layer_adaptive": layer_adaptive,
+}
+
+
+def get(name: str) -> MergeFn:
+    if name not in MERGE_METHODS:
+        raise KeyError(f"unknown merge method {name!r}; valid: {sorted(MERGE_METHODS)}")
+    return MERGE_METHODS[name]
+
+
+# ---- per-tensor arguments: layer, α, scale, exclusion ---------------------------------------------
+
+def layer_index(name: str) -> int | None:
+    """The transformer layer a parameter belongs to ("model.layers.3.mlp..." → 3), else None."""
+    m = LAYER_RE.search(name)
+    return int(m.group(1)) if m else None
+
+
+def num_layers(names) -> int:
+    layers = [n for n in map(layer_index, names) if n is not None]
+    return max(layers) + 1 if layers else 0
+
+
+def importance_scales(importance: dict[int, float]) -> dict[int, float]:
+    """Per-layer update scales N·I_n / Σᵢ Iᵢ of IIMM (Eq. 7); they average to 1."""
+    total = sum(importance.values())
+    if total <= 0:
+        raise ValueError("layer importances sum to zero; cannot normalise")
+    n = len(importance)
+    return {layer: n * value / total for layer, value in importance.items()}
+
+
+def layer_alpha(cfg: MergeConfig, layer: int, n_layers: int, importance_scale: float | None) -> float:
+    """α of one layer under layer_adaptive's schedule."""
+    if cfg.alpha_schedule == "list":
+        if len(cfg.alpha_by_layer) != n_layers:
+            raise ValueError(f"merge.alpha_by_layer has {len(cfg.alpha_by_layer)} values; "
+                             f"the model has {n_layers} layers")
+        return float(cfg.alpha_by_layer[layer])
+    if cfg.alpha_schedule == "importance":
+        if importance_scale is None:
+            raise ValueError("merge.alpha_schedule=importance needs layer importances (Eq. 3) as layer_scales")
+        # important layers keep more of the update: 1−α_n = (1−α)·N·I_n/ΣI, clipped to [0, 1]
+        return min(1.0, max(0.0, 1.0 - (1.0 - cfg.alpha) * importance_scale))
+    frac = layer / (n_layers - 1) if n_layers > 1 else 0.0
+    return cfg.alpha + (cfg.alpha_last - cfg.alpha) * frac
+
+
+def tensor_alpha_scale(cfg: MergeConfig, name: str, n_layers: int,
+                       layer_scales: dict[int, float] | None) -> tuple[float, float]:
+    """(α, update scale) of one tensor: λ times IIMM's layer scale, or the layer_adaptive α."""
+    layer = layer_index(name)
+    scale = layer_scales.get(layer, 1.0) if layer_scales and layer is not None else None
+    if cfg.name == "layer_adaptive" and layer is not None:
+        alpha = layer_alpha(cfg, layer, n_layers, scale)
+        if cfg.alpha_schedule == "importance":
+            return alpha, cfg.lam  # the importances act through α, not through the update scale
+        return alpha, cfg.lam * (scale if scale is not None else 1.0)
+    return cfg.alpha, cfg.lam * (scale if scale is not None else 1.0)
+
+
+def is_excluded(cfg: MergeConfig, name: str) -> bool:
+    """True for tensors kept unmerged (copied from ``cfg.exclude_from``)."""
+    return any(re.search(pattern, name) for pattern in cfg.exclude)
+
+
+def _shape(t) -> tuple[int, ...]:
+    return tuple(t.shape) if hasattr(t, "shape") else tuple(t)
+
+
+def check_compatible(a: dict, b: dict, what: str) -> None:
+    """Refuse to merge checkpoints whose tensor names or shapes differ (architecture, vocabulary).
+    Values are tensors or shapes."""
+    if a.keys() != b.keys():
+        only_a, only_b = sorted(a.keys() - b.keys())[:3], sorted(b.keys() - a.keys())[:3]
+        raise ValueError(f"cannot merge {what}: different architectures "
+                         f"(tensors only in one: {only_a} / {only_b})")
+    for name, t in a.items():
+        if _shape(t) != _shape(b[name]):
+            raise ValueError(f"cannot merge {what}: {name} has shape {_shape(t)} vs "
+                             f"{_shape(b[name])} (different architecture or vocabulary)")
+
+
+# ---- one tensor, block by block; a whole model in memory ------------------------------------------
+
+def row_ranges(method: str, shape: tuple[int, ...], chunk_elems: int = CHUNK_ELEMS) -> list[slice]:
+    """Row blocks one tensor is merged in, in order; one block of everything (``...``) where the
+    rule needs the whole tensor (TIES ranks all magnitudes) or there are no rows."""
+    if method not in ELEMENTWISE or len(shape) == 0:
+        return [...]
+    step = max(1, chunk_elems // max(1, math.prod(shape[1:])))
+    return [slice(a, min(a + step, shape[0])) for a in range(0, shape[0], step)] or [...]
+
+
+def merge_blocks(cfg: MergeConfig, name: str, blocks: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                 iteration: int, alpha: float, scale: float, work: Workspace | None = None
+                 ) -> Iterator[tuple[torch.Tensor, TensorStats]]:
+    """Merge one tensor given as (base, prev, sft) row blocks in ``row_ranges`` order. One mask
+    stream runs through all blocks, so the DARE mask is the one a single draw would give. ``work``:
+    buffers to reuse (with ``reuse_output``, each block is overwritten by the next)."""
+    mask = dare_mask(cfg, name, iteration)
+    work = work or Workspace()
+    for base, prev, sft in blocks:
+        keep = mask.multipliers(sft.numel(), cfg.p, out=work.take("keep", sft.numel())) if mask else None
+        yield merge_tensor(cfg.name, base, prev, sft, alpha=alpha, p=cfg.p, keep=keep, scale=scale, work=work)
+
+
+def merge_state_dicts(base: dict[str, torch.Tensor], prev: dict[str, torch.Tensor],
+                      sft: dict[str, torch.Tensor], cfg: MergeConfig, iteration: int,
+                      layer_scales: dict[int, float] | None = None
+                      ) -> tuple[dict[str, torch.Tensor], MergeStats]:
+    """Merge whole models tensor by tensor; returns the merged state dict and its update stats."""
+    check_compatible(base, sft, "base and SFT model")
+    check_compatible(prev, sft, "previous and SFT model")
+    sources = {"sft": sft, "base": base, "prev": prev}
+    n_layers = num_layers(sft)
+    merged: dict[str, torch.Tensor] = {}
+    acc = StatsAccumulator()
+    for name, t_sft in sft.items():
+        if is_excluded(cfg, name) or not t_sft.is_floating_point():
+            merged[name] = sources[cfg.exclude_from if is_excluded(cfg, name) else "sft"][name].clone()
+            continue
+        alpha, scale = tensor_alpha_scale(cfg, name, n_layers, layer_scales)
+        ranges = row_ranges(cfg.name, tuple(t_sft.shape))
+        inputs = ((base[name][r], prev[name][r], t_sft[r]) for r in ranges)
+        blocks = []
+        for block, stats in merge_blocks(cfg, name, inputs, iteration, alpha, scale):
+            blocks.append(block)
+            acc.add(name, stats)
+        merged[name] = blocks[0] if len(blocks) == 1 else torch.cat(blocks)
+    return merged, acc.result()

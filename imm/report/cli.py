@@ -1,0 +1,206 @@
+"""The report: paper-style tables and figures from the runs in MLflow (never from run folders).
+
+    python -m imm.report                                   # every experiment in sqlite:///outputs/mlflow.db
+    python -m imm.report --experiment imm-testbed-testbed --sweep-id 2025-01-31_12-00-00
+    python -m imm.report --filter p=0.1 --alpha 0.5 --method imm --out outputs/reports/main
+    python -m imm.report --tracking-uri http://127.0.0.1:5000 --no-log
+
+Writes to --out (default outputs/reports/<name>, name defaulting to the time):
+  alpha_table.{md,csv,tex}   α ablation (paper Table 3): rows = test sets, columns = α, final merged pass@1
+  alpha_long.csv             the same numbers unrounded: set, α, mean, std, n
+  summary.{md,csv}           per method (and α): final ID and OOD pass@1 over seeds, with Base
+  iterations.png, iterations_<set>.png, iterations.csv   Figs 6/7: Base, SFT 1, Merge 1, ... per method at --alpha
+  passk.png, passk.csv       Figs 8/13, where runs logged pass@k (eval.n > 1)
+Only FINISHED runs count (the others are reported as skipped); a rerun of a grid point replaces it.
+Unless --no-log, the folder is also logged as artifacts of a run named "report" in experiment "imm-reports".
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from imm.report import plots
+from imm.report import tables
+from imm.report.tables import RunRecord
+
+REPORT_EXPERIMENT = "imm-reports"
+
+
+# ---------------------------------------------------------------- MLflow I/O
+
+def load_runs(uri: str, experiments: list[str] | None) -> tuple[list[RunRecord], list[str]]:
+    """Every run (any status) of the named experiments, or of all but the reports, with eval/* histories;
+    also the names of the experiments read (named, or holding runs)."""
+    import mlflow
+    from mlflow.entities import ViewType
+
+    client = mlflow.MlflowClient(uri)
+    found = {e.name: e for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)}
+    if experiments:
+        missing = [n for n in experiments if n not in found]
+        if missing:
+            raise SystemExit(f"no experiment named {missing} at {uri}; there are: {sorted(found)}")
+        chosen = [found[n] for n in experiments]
+    else:
+        chosen = [e for n, e in found.items() if n != REPORT_EXPERIMENT]
+    records, used = [], []
+    for exp in chosen:
+        token, before = None, len(records)
+        while True:
+            page = client.search_runs([exp.experiment_id], max_results=1000, page_token=token)
+            records += [_record(client, run, exp.name) for run in page]
+            token = page.token
+            if not token:
+                break
+        if experiments or len(records) > before:  # an empty experiment (MLflow's "Default") is not worth naming
+            used.append(exp.name)
+    return records, used
+
+
+def _record(client, run, experiment: str) -> RunRecord:
+    metrics: dict[str, dict[int, float]] = {}
+    for key in run.data.metrics:
+        if key.startswith("eval/"):  # only the scores: the other series are not reported
+            hist = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: (m.timestamp, m.step))
+            # a step logged twice (an unchanged model re-recorded): the later value wins
+            metrics[tables.canonical_key(key)] = {m.step: m.value for m in hist}
+    return RunRecord(run.info.run_id, run.info.status, experiment, run.info.start_time or 0,
+                     dict(run.data.tags), dict(run.data.params), metrics)
+
+
+def log_report(uri: str, out: Path, tags: dict[str, str]) -> str:
+    """Log the report folder as artifacts of a new run "report" in experiment imm-reports; returns its id."""
+    import mlflow
+
+    from imm.tracking import TrackingConfig, ensure_store
+
+    if uri.startswith("sqlite:///"):  # artifacts beside the store, as the jobs' runs have them
+        root = str(Path(uri[len("sqlite:///"):]).parent / "mlartifacts")
+        exp_id = ensure_store(TrackingConfig(uri=uri, artifact_root=root, experiment=REPORT_EXPERIMENT))
+    else:
+        client = mlflow.MlflowClient(uri)
+        exp = client.get_experiment_by_name(REPORT_EXPERIMENT)
+        exp_id = exp.experiment_id if exp else client.create_experiment(REPORT_EXPERIMENT)
+    client = mlflow.MlflowClient(uri)
+    run = client.create_run(exp_id, run_name="report", tags={"kind": "report", **tags})
+    client.log_artifacts(run.info.run_id, str(out))
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+# ---------------------------------------------------------------- the report
+
+def parse_filters(items: list[str]) -> dict[str, str]:
+    filters = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--filter {item!r} must read KEY=VALUE, e.g. method=imm or run.iterations=3")
+        filters[key] = value
+    return filters
+
+
+def no_runs_message(experiments: list[str], filters: dict[str, str], skipped: dict[str, int]) -> str:
+    where = ", ".join(experiments) or "(none)"
+    what = ", ".join(f"{k}={v}" for k, v in filters.items()) or "anything"
+    others = ", ".join(f"{n} {s}" for s, n in skipped.items())
+    return f"no finished runs in experiment {where} matching {what}" + (f" (skipped: {others})" if others else "")
+
+
+def write_alpha_table(g: tables.Grid, out: Path, method: str) -> tuple[list[Path], str]:
+    header, body, note = tables.grid_text(g)
+    title = f"α ablation ({method})"
+    md = tables.markdown(header, body, note)
+    (out / "alpha_table.md").write_text(f"### {title}\n\n{md}")
+    (out / "alpha_table.tex").write_text(tables.latex(header, body, f"{title}: {note}"))
+    long = [{"set": r, "alpha": c, "mean": s.mean, "std": s.std, "n": s.n}
+            for r in g.rows for c in g.cols if (s := g.cells.get((r, c))) is not None]
+    paths = [out / "alpha_table.md", tables.write_csv(out / "alpha_table.csv", header, body),
+             out / "alpha_table.tex", tables.write_records(out / "alpha_long.csv", long)]
+    return paths, md
+
+
+def write_summary(rows: list[dict], out: Path) -> tuple[list[Path], str]:
+    header = list(rows[0]) if rows else ["method", "α", "n", "ID", "OOD"]
+    body = [[tables.fmt(v) if isinstance(v, tables.Stat) or v is None else str(v) for v in r.values()] for r in rows]
+    md = tables.markdown(header, body, "final-iteration pass@1 (%), mean ± sample std over seeds "
+                                       "(merged model for merging methods); Base = the starting model")
+    (out / "summary.md").write_text(f"### Methods\n\n{md}")
+    return [out / "summary.md", tables.write_csv(out / "summary.csv", header, body)], md
+
+
+def build(runs: list[RunRecord], out: Path, method: str, alpha: float, title: str) -> tuple[list[Path], str]:
+    """Every table and figure into ``out``; returns the files and the text to print."""
+    out.mkdir(parents=True, exist_ok=True)
+    files, text = [], []
+    if any(r.method == method for r in runs):
+        paths, md = write_alpha_table(tables.alpha_table(runs, method), out, method)
+        files += paths
+        text.append(f"α ablation ({method})\n{md}")
+    else:
+        text.append(f"α ablation: no finished {method} run, no table (choose one with --method)")
+    paths, md = write_summary(tables.methods_summary(runs), out)
+    files += paths
+    text.append(f"methods\n{md}")
+
+    curves = tables.curve_runs(runs, alpha)
+    alphas = sorted({f"{r.alpha:g}" for r in runs if r.merges})
+    if alphas and not any(r.merges for r in curves):  # the curves would silently lack imm/iimm
+        text.append(f"curves: no merging run at α={alpha:g}, only at α {', '.join(alphas)} (choose with --alpha)")
+    sets = tables.set_names(curves)
+    points = tables.iteration_points(curves, sets)
+    if points:
+        files.append(tables.write_records(out / "iterations.csv", points))
+        files += plots.iteration_figures(points, sets, out, f"{title} (merging methods at α={alpha:g})")
+    ks = tables.passk_sets(curves)
+    if ks:
+        rows = tables.passk_points(curves, ks)
+        files += [tables.write_records(out / "passk.csv", rows),
+                  plots.passk_figure(rows, out, f"{title}: pass@k, final iteration (α={alpha:g})")]
+    else:
+        text.append("pass@k: no run logged pass@k (evaluate with eval.n>1 eval.temperature>0 eval.ks=[1,2,4,8])")
+    return files, "\n".join(text)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m imm.report", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tracking-uri", default="sqlite:///outputs/mlflow.db", help="(default %(default)s)")
+    ap.add_argument("--experiment", nargs="+", help="experiment names (default: all but imm-reports)")
+    ap.add_argument("--sweep-id", help="only runs of this sweep (the sweep_id tag: the multirun folder name)")
+    ap.add_argument("--filter", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                    help="tag filters (method=imm, p=0.1); dotted keys are params (run.iterations=3)")
+    ap.add_argument("--method", default="imm", help="method of the α table (default imm)")
+    ap.add_argument("--alpha", type=float, default=0.5, help="α of merging methods in the curves (default 0.5)")
+    ap.add_argument("--name", default=time.strftime("%Y-%m-%d_%H-%M-%S"), help="report name (default: the time)")
+    ap.add_argument("--out", type=Path, help="output folder (default outputs/reports/<name>)")
+    ap.add_argument("--no-log", action="store_true", help="do not log the report back to MLflow")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    filters = parse_filters(args.filter)
+    if args.sweep_id:
+        filters["sweep_id"] = args.sweep_id
+    records, experiments = load_runs(args.tracking_uri, args.experiment)
+    runs, skipped = tables.select(records, filters)
+    if not runs:
+        raise SystemExit(no_runs_message(experiments, filters, skipped))
+    out = args.out or Path("outputs") / "reports" / args.name
+    files, text = build(runs, out, args.method, args.alpha, ", ".join(experiments))
+    print(f"{len(runs)} finished runs from {', '.join(experiments)}"
+          + (f"; skipped: {', '.join(f'{n} {s}' for s, n in skipped.items())}" if skipped else ""))
+    print(f"\n{text}\nwrote {len(files)} files to {out}")
+    if not args.no_log:
+        tags = {"experiments": ",".join(experiments), "filters": ",".join(f"{k}={v}" for k, v in filters.items()),
+                "runs": str(len(runs)), "report_name": args.name}
+        run_id = log_report(args.tracking_uri, out, tags)
+        print(f"logged as MLflow run {run_id} in experiment '{REPORT_EXPERIMENT}' at {args.tracking_uri}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

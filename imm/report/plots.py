@@ -1,0 +1,116 @@
+"""The report's figures, drawn from the tidy rows of imm/report_tables.py (matplotlib, Agg backend).
+
+- iteration curves like the paper's Figs 6/7: x = Base, SFT 1, Merge 1, SFT 2, ...; one line per method,
+  mean over seeds with a ± std band;
+- pass@k curves like Figs 8/13: accuracy against k, final iteration.
+
+Run through ``python -m imm.report`` (see imm/report.py).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: the report runs on machines without a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from imm.report.tables import stage_labels  # noqa: E402
+
+# one look per method in every figure: (marker and line, colour)
+STYLES = {"Base": ("*--", "k"), "vanilla": ("o-", "C0"), "mixture": ("v-", "C2"), "accumulation": ("^-", "C4"),
+          "imm": ("s-", "C3"), "iimm": ("D-", "C1")}
+
+
+def _style(line: str) -> tuple[str, str | None]:
+    fmt, color = STYLES.get(line.split(" ")[0], (".-", None))
+    dashed = line.endswith(" SFT")  # a merging method's SFT model, drawn beside its merged one
+    if "(" in line:  # several settings (e.g. p values) per method: let the colour tell them apart
+        color = None
+    return (fmt.replace("-", ":") if dashed else fmt), color
+
+
+def _line_name(row: dict) -> str:
+    return row["method"] + (f" ({row['setting']})" if row.get("setting") else "")
+
+
+def _band(ax, xs, means, stds, style: tuple[str, str | None], label: str) -> None:
+    ax.plot(xs, [100 * m for m in means], style[0], color=style[1], label=label, markersize=4)
+    if any(not math.isnan(s) for s in stds):
+        lo = [100 * (m - (0 if math.isnan(s) else s)) for m, s in zip(means, stds)]
+        hi = [100 * (m + (0 if math.isnan(s) else s)) for m, s in zip(means, stds)]
+        ax.fill_between(xs, lo, hi, alpha=0.15, color=ax.lines[-1].get_color())
+
+
+def _iteration_axes(ax, rows: list[dict], set_name: str) -> None:
+    mine = [r for r in rows if r["set"] == set_name]
+    for name in dict.fromkeys(_line_name(r) for r in mine):
+        pts = sorted((r for r in mine if _line_name(r) == name), key=lambda r: r["x"])
+        _band(ax, [r["x"] for r in pts], [r["mean"] for r in pts], [r["std"] for r in pts], _style(name), name)
+    top = max((r["x"] for r in mine), default=0)
+    labels = stage_labels((top + 1) // 2)[: top + 1]
+    ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
+    ax.set_title(set_name)
+    ax.set_ylabel("pass@1 (%)")
+    ax.grid(alpha=0.3)
+
+
+def iteration_figures(rows: list[dict], sets: list[str], out: Path, title: str) -> list[Path]:
+    """One PNG per set (iterations_<set>.png) and the grid of all sets (iterations.png)."""
+    paths = []
+    for set_name in sets:
+        fig, ax = plt.subplots(figsize=(6, 3.8))
+        _iteration_axes(ax, rows, set_name)
+        ax.legend(fontsize=8)
+        fig.suptitle(title, fontsize=9)
+        paths.append(_save(fig, out / f"iterations_{set_name}.png"))
+    ncols = min(3, len(sets)) or 1
+    nrows = math.ceil(len(sets) / ncols) or 1
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.6 * nrows), squeeze=False)
+    for ax, set_name in zip(axes.flat, sets):
+        _iteration_axes(ax, rows, set_name)
+    for ax in list(axes.flat)[len(sets):]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    height = fig.get_figheight()  # title and legend take a fixed 0.8 inch above the panels
+    fig.suptitle(title, fontsize=10, y=1 - 0.05 / height, va="top")
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.3 / height),
+               ncol=min(len(labels), 6) or 1, fontsize=9, frameon=False)
+    paths.append(_save(fig, out / "iterations.png", top=1 - 0.8 / height))
+    return paths
+
+
+def passk_figure(rows: list[dict], out: Path, title: str) -> Path:
+    """Accuracy against k for each set with pass@k metrics, one panel a set (passk.png)."""
+    sets = list(dict.fromkeys(r["set"] for r in rows))
+    ncols = min(3, len(sets)) or 1
+    nrows = math.ceil(len(sets) / ncols) or 1
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.6 * nrows), squeeze=False)
+    for ax, set_name in zip(axes.flat, sets):
+        mine = [r for r in rows if r["set"] == set_name]
+        for name in dict.fromkeys(r["line"] for r in mine):
+            pts = sorted((r for r in mine if r["line"] == name), key=lambda r: r["k"])
+            _band(ax, [r["k"] for r in pts], [r["mean"] for r in pts], [r["std"] for r in pts], _style(name), name)
+        ks = sorted({r["k"] for r in mine})
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.set_xlabel("k")
+        ax.set_ylabel("pass@k (%)")
+        ax.set_title(set_name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(sets):]:
+        ax.set_visible(False)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, out / "passk.png")
+
+
+def _save(fig, path: Path, top: float | None = None) -> Path:
+    fig.tight_layout()
+    if top is not None:  # room for the shared legend above the panels
+        fig.subplots_adjust(top=top)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,91 @@
+"""Supervised fine-tuning on kept samples: maximise log p(rationale, answer | question).
+
+The loss covers the response tokens only (prompt and padding are labelled -100). Batches are
+grouped by length (sorted chunks, shuffled order), so little compute goes into padding.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+
+import torch
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from imm.sft import interventions
+from imm.sft.config import SFTConfig
+
+IGNORE = -100
+
+
+def encode(tok, prompt: str, response: str) -> tuple[list[int], list[int]]:
+    """Token ids of prompt + response + EOS and labels that mask the prompt."""
+    p = tok(prompt, add_special_tokens=False)["input_ids"]
+    r = tok(" " + response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    return p + r, [IGNORE] * len(p) + r
+
+
+def batches(examples: list[tuple[list[int], list[int]]], size: int, rng: random.Random):
+    """Length-grouped batches in a shuffled order."""
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
+    chunks = [order[i:i + size] for i in range(0, len(order), size)]
+    rng.shuffle(chunks)
+    return chunks
+
+
+def collate(examples, idx, pad_id: int):
+    width = max(len(examples[i][0]) for i in idx)
+    ids = torch.full((len(idx), width), pad_id)
+    labels = torch.full((len(idx), width), IGNORE)
+    mask = torch.zeros((len(idx), width), dtype=torch.long)
+    for row, i in enumerate(idx):
+        x, y = examples[i]
+        ids[row, :len(x)], labels[row, :len(y)], mask[row, :len(x)] = torch.tensor(x), torch.tensor(y), 1
+    return ids, labels, mask
+
+
+def train(model, tok, rows: list[dict], prompt_fn, cfg: SFTConfig, iteration: int) -> dict:
+    """Fine-tune ``model`` in place on rows {question, response}; returns loss and throughput stats."""
+    examples = [encode(tok, prompt_fn(r["question"]), r["response"]) for r in rows]
+    rng = random.Random(cfg.seed * 1_000_003 + iteration)
+    torch.manual_seed(cfg.seed * 1_000_003 + iteration)
+    steps_per_epoch = math.ceil(math.ceil(len(examples) / cfg.batch_size) / cfg.grad_accum)
+    total = steps_per_epoch * cfg.epochs
+    fused = {"fused": True} if next(model.parameters()).is_cuda else {}  # one kernel per step on a GPU
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
+    how, val = cfg.intervention, interventions.value(cfg.intervention, cfg.intervention_value)
+    max_norm = interventions.clip_norm(how, val, cfg.max_grad_norm)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()} if how == "weight_mask" else None
+    model.train()
+    losses, tokens, padded, start = [], 0, 0, time.perf_counter()
+    bar = tqdm(total=total, desc=f"sft it{iteration}", unit="step", leave=False, mininterval=2)
+    for epoch in range(cfg.epochs):
+        chunks = batches(examples, cfg.batch_size, rng)
+        for b, idx in enumerate(chunks):
+            ids, labels, mask = (t.to(model.device) for t in collate(examples, idx, tok.pad_token_id))
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"SFT loss became {loss.item()} at iteration {iteration}, "
+                                         f"epoch {epoch}, batch {b}: lower sft.lr or check the data")
+            (loss / cfg.grad_accum).backward()
+            losses.append(loss.item())
+            tokens += int(mask.sum())
+            padded += mask.numel()
+            if (b + 1) % cfg.grad_accum == 0 or b + 1 == len(chunks):
+                if max_norm:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+                opt.step()
+                sched.step()
+                interventions.decay_step_size(opt, how, val, epoch)
+                opt.zero_grad(set_to_none=True)
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
+    bar.close()
+    kept = interventions.keep_top_updates(model, before, val) if before is not None else 1.0
+    model.eval()
+    last = losses[-max(1, len(losses) // cfg.epochs):]
+    return {"loss": sum(last) / len(last), "first_loss": losses[0], "steps": total,
+            "tokens_per_s": tokens / (time.perf_counter() - start), "pad_share": 1 - tokens / max(padded, 1), "kept_share": kept}

@@ -1,0 +1,122 @@
+"""The real loop through the real entrypoint on a micro testbed, checked in the MLflow store it wrote.
+
+Each test runs ``python -m imm.main`` in a subprocess with small sizes (few questions, 2 iterations).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+
+ROOT = Path(__file__).resolve().parents[2]
+MICRO = ["dataset.n_train=32", "dataset.n_test=24", "generate.k=2", "generate.max_new_tokens=60",
+         "eval.max_new_tokens=60", "sft.epochs=2", "run.iterations=2"]
+
+
+def imm_main(*args, outputs: Path, timeout=600, check=True):
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-m", "imm.main", *args, *MICRO, f"outputs={outputs}"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=timeout, env=env)
+    if check:
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+def runs_of(outputs: Path, experiment="imm-testbed-testbed"):
+    client = mlflow.MlflowClient(f"sqlite:///{outputs}/mlflow.db")
+    exp = client.get_experiment_by_name(experiment)
+    return client, client.search_runs([exp.experiment_id])
+
+
+def test_user_command_multirun(tmp_path):
+    """The user's grid shape: method × alpha, four real runs side by side in one experiment."""
+    out = imm_main("-m", "method=imm,vanilla", "merge.alpha=0.1,0.9", outputs=tmp_path)
+    client, runs = runs_of(tmp_path)
+    assert len(runs) == 4
+    assert {(r.data.tags["method"], r.data.tags["alpha"]) for r in runs} == \
+        {("imm", "0.1"), ("imm", "0.9"), ("vanilla", "0.1"), ("vanilla", "0.9")}
+    assert len({r.data.tags["sweep_id"] for r in runs}) == 1
+    for run in runs:
+        tags, params = run.data.tags, run.data.params
+        assert run.info.status == "FINISHED"
+        assert {"model", "dataset", "seed", "git_sha", "p"} <= tags.keys()
+        assert params["merge.alpha"] == tags["alpha"] and params["run.iterations"] == "2"
+        method = tags["method"]
+        hist = {k: [m.step for m in client.get_metric_history(run.info.run_id, k)]
+                for k in ("eval/base/id", "eval/sft/id", "eval/sft/ood", "gen/yield", "eval/merged/ood")}
+        assert hist["eval/base/id"] == [0]
+        assert hist["eval/sft/id"] == hist["eval/sft/ood"] == hist["gen/yield"] == [1, 2]
+        assert hist["eval/merged/ood"] == ([1, 2] if method == "imm" else [])
+        for key in run.data.metrics:
+            assert 0.0 <= run.data.metrics[key] or key.startswith("sft/")
+        if method == "imm":
+            assert 0.8 < run.data.metrics["merge/density"] < 1.0  # p = 0.1 drops about a tenth
+        arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", "samples", "plots"} <= arts
+        samples = client.download_artifacts(run.info.run_id, "samples/iter1.jsonl", str(tmp_path / run.info.run_id))
+        rows = [json.loads(line) for line in open(samples)]
+        kept1 = [m.value for m in client.get_metric_history(run.info.run_id, "gen/kept") if m.step == 1]
+        assert len(rows) == kept1[0]
+        assert all("The answer is" in r["response"] for r in rows)
+    # the two vanilla runs differ only in α, which vanilla ignores: same results
+    van = [r for r in runs if r.data.tags["method"] == "vanilla"]
+    assert van[0].data.metrics["eval/sft/id"] == van[1].data.metrics["eval/sft/id"]
+    # stages shared across the grid run once: 13 for the first imm job, 8 more for the other α
+    # (iteration 1's generation and SFT are shared), 4 for vanilla (its iteration-1 stages), 0 for
+    # the second vanilla job (α does not affect vanilla)
+    executed = {(r.data.tags["method"], r.data.tags["alpha"]): r.data.metrics["stages/executed"] for r in runs}
+    assert sum(executed.values()) == 25
+    assert 0 in (executed[("vanilla", "0.1")], executed[("vanilla", "0.9")])
+    # the printed summary table names every stage
+    for stage in ("Base", "SFT 1", "Merge 1", "SFT 2", "Merge 2"):
+        assert stage in out.stdout
+
+
+def test_nan_loss_fails_the_run(tmp_path):
+    out = imm_main("method=vanilla", "sft.lr=1e30", "sft.max_grad_norm=0", outputs=tmp_path, check=False)
+    assert out.returncode != 0
+    assert "SFT loss became" in out.stdout + out.stderr
+    _, runs = runs_of(tmp_path)
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_sigterm_marks_the_run_killed(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "imm.main", *MICRO, "run.iterations=5", f"outputs={tmp_path}"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob("jobs/*/samples/iter1.jsonl")):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    _, runs = runs_of(tmp_path)
+    assert [r.info.status for r in runs] == ["KILLED"]
+
+
+def test_bad_grid_point_stops_before_any_job(tmp_path):
+    out = imm_main("-m", "merge.alpha=0.5,1.5", outputs=tmp_path, check=False)
+    assert out.returncode != 0
+    assert "merge.alpha=1.5 must lie in [0, 1]" in out.stderr + out.stdout
+    assert not list(tmp_path.glob("jobs/*/config.yaml"))  # no job started, not even the valid one
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_distillation_teacher_that_keeps_nothing(tmp_path, tiny_model):
+    """A teacher samples the training data; this (random) teacher gets nothing right, so every
+    iteration keeps no sample: yield 0 is recorded and the student is left unchanged."""
+    out = imm_main("method=imm", "+model@teacher=testbed", f"teacher.path={tiny_model}", "teacher.name=random",
+                   outputs=tmp_path)
+    assert "kept no sample: the model is left unchanged" in out.stdout + out.stderr
+    client, runs = runs_of(tmp_path)
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "gen/yield")] == [0.0, 0.0]
+    base = run.data.metrics["eval/base/id"]
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "eval/sft/id")] == [base, base]
+    assert "teacher.path" in run.data.params
