@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from imm.grading.answers import last_boxed
+from imm.grading.answers import LETTERS, last_boxed
 
 MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra",
                  "number_theory", "prealgebra", "precalculus")
@@ -30,7 +30,6 @@ MMLU_STEM = ("abstract_algebra", "astronomy", "college_biology", "college_chemis
              "high_school_biology", "high_school_chemistry", "high_school_computer_science",
              "high_school_mathematics", "high_school_physics", "high_school_statistics",
              "machine_learning")
-LETTERS = "ABCDE"
 GSM8K_GOLD_RE = re.compile(r"####\s*(.+?)\s*$", re.S)
 DECIMAL_RE = re.compile(r"^-?\d+\.\d+$")
 GROUPED_RE = re.compile(r"^-?\d{1,3}(,\d{3})+(\.\d+)?$")  # 1,234.5

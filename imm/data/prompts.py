@@ -4,8 +4,9 @@
 instruction header, ``shots`` worked examples ("Question: ... A: Let's think step by step. ...
 The answer is X"), then the question under "### Instruction:" and "### Response: Let's think step
 by step.". ``dataset`` is an exemplar set (``gsm8k``, ``math``, ``choice``) or any benchmark name of
-``imm.data.benchmarks`` (which names the set it uses). A sample is cut at ``STOP_STRINGS``: past them
-the model is writing the next question of an imagined prompt.
+``imm.data.benchmarks`` (which names the set it uses). A sample is cut at ``STOP_STRINGS``
+(``imm.grading.answers``: a new "Question:", "### Instruction", ... at a line start): past them the
+model is writing the next exemplar of an imagined prompt.
 
 The exemplars ship as data below. GSM8K: the eight of Wei et al. (2022) and two more in their
 style. MATH: the three visible in the paper's Table 12, the four Minerva exemplars (Lewkowycz et
@@ -19,7 +20,6 @@ HEADER = ("Below is an instruction that describes a task. Write a response that 
           "completes the request like given examples below:")
 INSTRUCTION = "### Instruction:\n{question}\n\n### Response: Let's think step by step."
 EXEMPLAR = "Question: {question}\nA: Let's think step by step.\n{rationale}\nThe answer is {answer}"
-from imm.grading.answers import STOP_STRINGS  # noqa: E402  one list for generation, grading and prompts
 
 # (question, rationale, final answer as it follows "The answer is")
 GSM8K = (

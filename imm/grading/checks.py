@@ -1,9 +1,8 @@
 """Grading samples: is a chain-of-thought sample's final answer the gold one?
 
-``grade(text, item)`` cuts the sample at the few-shot stop strings, takes its last "The answer is
-..." (or last ``\\boxed{}``) and compares it with ``item["answer"]`` by the item's ``kind``
-(``imm.data.benchmarks``): ``numeric`` by exact value, ``latex`` through math-verify, ``choice`` by
-option letter. ``grade_many(texts, items, workers=2, timeout=5)`` does the same in forked worker
+``grade(text, item)`` reads the sample's final answer (``imm.grading.answers.final_answer``) and
+compares it with ``item["answer"]`` by the item's ``kind`` (``imm.data.benchmarks``): ``numeric``
+by exact value, ``latex`` through math-verify, ``choice`` by option letter. ``grade_many(texts, items, workers=2, timeout=5)`` does the same in forked worker
 processes with a per-item time limit: sympy can take minutes (or forever) on a pathological
 answer, and math-verify's own limits use SIGALRM, which only works in a process's main thread.
 A model's text is parsed, never evaluated.
@@ -29,9 +28,7 @@ import signal
 from dataclasses import dataclass
 from fractions import Fraction
 
-from imm.grading.answers import ANSWER_RE, cut_at_stop, last_boxed
-from imm.data.benchmarks import LETTERS
-from imm.data.prompts import STOP_STRINGS
+from imm.grading.answers import LETTERS, final_answer
 
 log = logging.getLogger(__name__)
 # math-verify warns on every process that its own SIGALRM limits are off; ours replace them.
@@ -50,17 +47,7 @@ RATIO_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*:\s*(\d+(?:\.\d+)?)\s*$")
 LETTER_RE = re.compile(r"^(?:option|choice)?\s*[(\[]?\s*([A-Ea-e])\s*(?:[)\]:.]|$)", re.I)
 
 
-# ---- extraction ----
-
-def final_answer(text: str) -> str | None:
-    """The last "The answer is X" or last ``\\boxed{X}`` (whichever comes later) before a stop string."""
-    text = cut_at_stop(text, STOP_STRINGS)
-    said = list(ANSWER_RE.finditer(text))
-    if said and said[-1].start() > text.rfind("\\boxed{"):
-        answer = said[-1].group(1).strip().rstrip(".").strip()
-        return last_boxed(answer) or answer
-    return last_boxed(text)
-
+# ---- cleaning ----
 
 def clean(answer: str) -> str:
     s = TEXT_RE.sub(r" \1", answer)

@@ -101,7 +101,7 @@ def complete(model, tok, prompts: list[str], *, n: int = 1, temperatures: list[f
         new_tokens += sum(map(len, ids))
         texts = tok.batch_decode(ids, skip_special_tokens=True)
         for j, i in enumerate(idx):
-            out[i] = [cut_at_stop(t).strip() for t in texts[j * n:(j + 1) * n]]
+            out[i] = [cut_at_stop(t, stops).strip() for t in texts[j * n:(j + 1) * n]]
         bar.update(len(idx))
         bar.set_postfix(tok_s=f"{new_tokens / (time.perf_counter() - start):.0f}")
     bar.close()

@@ -6,7 +6,8 @@ import time
 import pytest
 
 from imm.grading import checks as grading
-from imm.grading.checks import final_answer, grade, grade_groups, grade_many, grade_report, parse_number
+from imm.grading.answers import final_answer
+from imm.grading.checks import grade, grade_groups, grade_many, grade_report, parse_number
 
 OPTS = ["12", "15", "18", "21"]
 

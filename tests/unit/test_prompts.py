@@ -2,8 +2,8 @@
 
 import pytest
 
-from imm.grading.checks import final_answer
-from imm.data.prompts import EXEMPLARS, STOP_STRINGS, build_prompt
+from imm.data.prompts import EXEMPLARS, build_prompt
+from imm.grading.answers import STOP_STRINGS, cut_at_stop, final_answer
 
 ONE_SHOT = """Below is an instruction that describes a task. Write a response that appropriately \
 completes the request like given examples below:
@@ -54,3 +54,14 @@ def test_every_exemplar_grades_as_its_own_answer(family):
         text = f"{rationale}\nThe answer is {answer}\n\n"
         assert final_answer(text).strip("$") == answer.strip("$")
         assert not any(stop in question + rationale for stop in STOP_STRINGS)
+
+
+@pytest.mark.parametrize("family", sorted(EXEMPLARS))
+def test_a_sample_running_into_the_next_exemplar_is_cut_there(family):
+    # What a base model writes when it keeps imitating the prompt: one solution, then the next
+    # exemplar. The cut keeps the whole solution (MATH ones hold ":" and "Q" mid-line) and no more.
+    prompt = build_prompt("q?", family, shots=3)
+    start = prompt.index("Let's think step by step.") + len("Let's think step by step.")
+    _, rationale, answer = EXEMPLARS[family][0]
+    assert cut_at_stop(prompt[start:]).strip() == f"{rationale}\nThe answer is {answer}"
+    assert final_answer(prompt[start:]).strip("$") == answer.strip("$")

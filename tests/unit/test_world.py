@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from imm.grading.answers import extract_answer
+from imm.grading.answers import final_answer
 from imm.grading.checks import grade
 from imm.data.world import problems
 from imm.data.world.problems import (
@@ -81,7 +81,7 @@ def test_gold_solutions_are_right(family):
             assert _eval_chain(lhs) == int(rhs), sol
         assert int(eqs[-1][1]) == int(it["answer"])
         assert int(it["answer"]) >= 0
-        assert extract_answer(sol) == it["answer"]
+        assert final_answer(sol) == it["answer"]
 
 
 def test_styles_diverse_and_shortcuts_render():
@@ -168,4 +168,4 @@ def test_shipped_model_loads_and_answers():
         out = model.generate(**enc, max_new_tokens=48, do_sample=False,
                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    assert sum(extract_answer(t) is not None for t in texts) >= 4
+    assert sum(final_answer(t) is not None for t in texts) >= 4
