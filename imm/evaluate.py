@@ -1,4 +1,6 @@
-"""Evaluation: pass@k on every test set (pass@1 greedy by default), with ID and OOD means."""
+"""Evaluation: pass@k on every test set (pass@1 greedy by default), with ID and OOD means, and per
+set the share of samples with no readable final answer and the number of checks that timed out
+(so format drift after SFT is not read as lost reasoning)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import List
 
 from imm.sampling import complete
-from imm.grading.checks import correctness
+from imm.grading.checks import grade_groups
 from imm.grading.passk import mean_pass_at_k
 
 
@@ -27,7 +29,8 @@ class EvalConfig:
 
 def evaluate(model, tok, data, prompt_fn, cfg: EvalConfig, desc: str = "eval", complete_fn=None,
              compile: bool = False) -> dict[str, float]:
-    """Metrics {set: pass@1, set/pass_at_k: ..., id[/pass_at_k]: mean over ID sets, ood[/...]: OOD}.
+    """Metrics {set: pass@1, set/pass_at_k: ..., id[/pass_at_k]: mean over ID sets, ood[/...]: OOD,
+    set/no_answer: share of samples without a final answer, set/timeouts: checks out of time}.
 
     ``compile``: decode on the static, compiled path (imm.sampling.complete)."""
     metrics: dict[str, float] = {}
@@ -39,7 +42,10 @@ def evaluate(model, tok, data, prompt_fn, cfg: EvalConfig, desc: str = "eval", c
             outs = complete(model, tok, prompts, n=cfg.n, temperatures=cfg.temperature,
                             max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, desc=f"{desc} {name}",
                             compile=compile)
-        counts = [(len(o), sum(ok)) for o, ok in zip(outs, correctness(outs, items))]
+        verdicts, report = grade_groups(outs, items)
+        counts = [(len(o), sum(ok)) for o, ok in zip(outs, verdicts)]
+        metrics[f"{name}/no_answer"] = report.no_answer / max(1, len(report.correct))
+        metrics[f"{name}/timeouts"] = report.timeouts
         for k in cfg.ks:
             key = name if k == 1 else f"{name}/pass_at_{k}"  # MLflow names allow no "@"
             metrics[key] = mean_pass_at_k(counts, k)

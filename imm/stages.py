@@ -137,7 +137,8 @@ def synthesize_stage(ctx: Context, model: ModelRef, t: int) -> tuple[str, list[d
         kept, y = keep_correct(ctx.data.train, samples, t)
         write_jsonl(tmp / "kept.jsonl", kept)
         write_json(tmp / "yield.json", {"sampled": y.sampled, "kept": y.kept, "questions": y.questions,
-                                        "covered": y.covered, "yield": y.rate, "coverage": y.coverage})
+                                        "covered": y.covered, "yield": y.rate, "coverage": y.coverage,
+                                        "no_answer": y.no_answer, "timeouts": y.timeouts})
 
     path, _ = ctx.store.get_or_compute("synthesize", key, compute)
     return key, read_jsonl(path / "kept.jsonl"), read_json(path / "yield.json")

@@ -1,7 +1,10 @@
 """Grading: is a sample's final answer the gold one?
 
 - :mod:`imm.grading.answers`    stop strings, option letters, reading a sample's final answer
-- :mod:`imm.grading.checks`     comparing it with the gold (numbers, LaTeX, option letters), in workers
+- :mod:`imm.grading.checks`     comparing it with the gold (numbers, LaTeX, option letters), with counts
+- :mod:`imm.grading.pool`       the long-lived, time-limited worker processes for LaTeX and choice checks
 - :mod:`imm.grading.filtering`  keeping the correct samples of a sampling stage
 - :mod:`imm.grading.passk`      the unbiased pass@k estimator
+
+Data (prompts, benchmark loaders) imports from here; nothing here imports from ``imm.data``.
 """

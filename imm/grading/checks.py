@@ -2,10 +2,13 @@
 
 ``grade(text, item)`` reads the sample's final answer (``imm.grading.answers.final_answer``) and
 compares it with ``item["answer"]`` by the item's ``kind`` (``imm.data.benchmarks``): ``numeric``
-by exact value, ``latex`` through math-verify, ``choice`` by option letter. ``grade_many(texts, items, workers=2, timeout=5)`` does the same in forked worker
-processes with a per-item time limit: sympy can take minutes (or forever) on a pathological
-answer, and math-verify's own limits use SIGALRM, which only works in a process's main thread.
-A model's text is parsed, never evaluated.
+by exact value, ``latex`` through math-verify, ``choice`` by option letter.
+``grade_report(texts, items, workers=2, timeout=5)`` grades many samples and counts those with no
+readable final answer and those whose check ran out of time: numeric checks run in this process
+(pure Python, fast); LaTeX and multiple-choice checks run in the long-lived worker processes of
+``imm.grading.pool`` with a per-item time limit, because sympy can take minutes (or forever) on a
+pathological answer and math-verify's own limits use SIGALRM, which only works in a process's
+main thread. A model's text is parsed, never evaluated.
 
 Decisions a reader should know (each has a case in tests/unit/test_grading.py):
 - a percent sign is dropped on both sides: "10%" equals 10 (GSM8K-style golds give the number of
@@ -22,7 +25,6 @@ Decisions a reader should know (each has a case in tests/unit/test_grading.py):
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import re
 import signal
 from dataclasses import dataclass
@@ -154,15 +156,23 @@ def check_choice(pred: str, item: dict) -> bool:
 CHECKS = {"numeric": check_numeric, "latex": check_latex, "choice": check_choice}
 
 
+def check(pred: str, item: dict) -> bool:
+    """The item's check on an extracted answer; a check that breaks on odd input grades it wrong."""
+    try:
+        return bool(CHECKS[item.get("kind", "numeric")](pred, item))
+    except Exception:
+        return False
+
+
 def grade(text: str, item: dict) -> bool:
     """Whether a sample's final answer is the item's gold answer (items without a kind: numeric).
 
-    No time limit here: model text goes through ``grade_many``."""
+    No time limit here: model text for LaTeX and choice items goes through ``grade_report``."""
     pred = final_answer(text)
     return pred is not None and CHECKS[item.get("kind", "numeric")](pred, item)
 
 
-# ---- many samples, in forked workers ----
+# ---- many samples: numeric in process, the rest in time-limited workers ----
 
 class GradeTimeout(BaseException):
     """Raised by the worker's alarm; a BaseException so no library's ``except Exception`` hides it."""
@@ -172,91 +182,65 @@ def on_alarm(signum, frame):
     raise GradeTimeout
 
 
-def grade_limited(text: str, item: dict, timeout: float) -> tuple[bool, bool]:
-    """(correct, timed out) for one sample, run in a worker's main thread under an alarm."""
+def check_limited(pred: str, item: dict, timeout: float) -> tuple[bool, bool]:
+    """(correct, timed out) for one answer, run in a worker's main thread under an alarm."""
     signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
         try:
-            correct = grade(text, item)
+            correct = check(pred, item)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
-        return bool(correct), False
+        return correct, False
     except GradeTimeout:
         return False, True
-    except Exception:  # a check that breaks on odd input grades the sample wrong
-        return False, False
 
 
 @dataclass
 class Graded:
     correct: list[bool]
-    timeouts: int  # samples graded False because their check ran out of time
-
-
-def warm_up() -> None:
-    """Build math-verify's parsers once in the parent, so forked workers inherit them."""
-    from math_verify import parse
-
-    parse("$1$", parsing_timeout=None)
+    timeouts: int = 0  # samples graded False because their check ran out of time
+    no_answer: int = 0  # samples graded False because they state no final answer
 
 
 def grade_report(texts: list[str], items: list[dict], workers: int = 2, timeout: float = 5.0) -> Graded:
-    """``grade`` for each (text, item) pair in ``workers`` forked processes, ``timeout`` s per item.
+    """``grade`` for each (text, item) pair, with the no-answer and timed-out counts.
 
-    An alarm stops a slow check in Python code; a check stuck in C code (a huge integer power)
-    ignores it, so the parent also waits at most 2 x timeout + 1 s for each result, then counts
-    that item as timed out and replaces the pool (killing the stuck worker) for the rest."""
+    LaTeX and choice checks run in ``workers`` pooled processes, ``timeout`` s each (a worker that
+    overruns is killed and replaced: ``imm.grading.pool``); numeric checks run here."""
     if len(texts) != len(items):
         raise ValueError(f"{len(texts)} texts for {len(items)} items")
     if workers < 1 or timeout <= 0:
         raise ValueError(f"workers={workers} must be >= 1 and timeout={timeout} > 0")
-    if any(it.get("kind") == "latex" for it in items):
-        warm_up()
-    correct, timeouts, pending = [False] * len(items), 0, list(range(len(items)))
-    while pending:
-        with mp.get_context("fork").Pool(min(workers, len(pending))) as pool:  # exit terminates
-            futures = [(i, pool.apply_async(grade_limited, (texts[i], items[i], timeout))) for i in pending]
-            pending = []
-            for j, (i, fut) in enumerate(futures):
-                # Workers take items in order, so item i is running by now: it ends within the
-                # alarm unless stuck in C.
-                try:
-                    correct[i], late = fut.get(timeout=2 * timeout + 1)
-                except mp.TimeoutError:
-                    timeouts += 1
-                    pending = [k for k, f in futures[j + 1:] if not f.ready()]
-                    for k, f in futures[j + 1:]:
-                        if f.ready():
-                            correct[k], late = f.get()
-                            timeouts += late
-                    break
-                timeouts += late
-    return Graded(correct, timeouts)
+    preds = [final_answer(t) for t in texts]
+    out = Graded([False] * len(texts), no_answer=sum(p is None for p in preds))
+    remote = []
+    for i, (pred, item) in enumerate(zip(preds, items)):
+        if pred is None:
+            continue
+        if item.get("kind", "numeric") == "numeric":
+            out.correct[i] = check(pred, item)
+        else:
+            remote.append(i)
+    if remote:
+        from imm.grading.pool import shared_pool
 
-
-def grade_many(texts: list[str], items: list[dict], workers: int = 2, timeout: float = 5.0) -> list[bool]:
-    """Correctness of each sample; timed-out checks are graded False and logged."""
-    graded = grade_report(texts, items, workers, timeout)
-    if graded.timeouts:
-        log.warning("grading: %d of %d checks timed out (graded wrong)", graded.timeouts, len(texts))
-    return graded.correct
-
-
-def grade_groups(groups: list[list[str]], items: list[dict], workers: int = 2, timeout: float = 5.0) -> list[list[bool]]:
-    """Correctness of several samples per item (pass@k, filtering), graded in one pool."""
-    flat_texts = [t for g in groups for t in g]
-    flat_items = [it for g, it in zip(groups, items, strict=True) for _ in g]
-    flat, out, at = grade_many(flat_texts, flat_items, workers, timeout), [], 0
-    for g in groups:
-        out.append(flat[at:at + len(g)])
-        at += len(g)
+        jobs = [(preds[i], items[i]) for i in remote]
+        for i, (correct, late) in zip(remote, shared_pool(workers).run(jobs, timeout)):
+            out.correct[i], out.timeouts = correct, out.timeouts + late
+    if out.timeouts:
+        log.warning("grading: %d of %d checks timed out (graded wrong)", out.timeouts, len(texts))
     return out
 
 
-def correctness(groups: list[list[str]], items: list[dict]) -> list[list[bool]]:
-    """Correctness of each sample of each item: numeric checks in process (pure Python, fast),
-    LaTeX and multiple choice through the forked, time-limited workers."""
-    if all(item.get("kind", "numeric") == "numeric" for item in items):
-        return [[grade(t, item) for t in g] for g, item in zip(groups, items, strict=True)]
-    return grade_groups(groups, items)
+def grade_groups(groups: list[list[str]], items: list[dict], workers: int = 2,
+                 timeout: float = 5.0) -> tuple[list[list[bool]], Graded]:
+    """Correctness of several samples per item (pass@k, filtering) and the flat report's counts."""
+    flat_texts = [t for g in groups for t in g]
+    flat_items = [it for g, it in zip(groups, items, strict=True) for _ in g]
+    report = grade_report(flat_texts, flat_items, workers, timeout)
+    out, at = [], 0
+    for g in groups:
+        out.append(report.correct[at:at + len(g)])
+        at += len(g)
+    return out, report

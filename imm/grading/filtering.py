@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
-from imm.grading.checks import correctness
+from imm.grading.checks import grade_groups
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -13,6 +16,8 @@ class Yield:
     kept: int  # samples whose final answer equals the gold answer
     questions: int  # questions asked
     covered: int  # questions with at least one kept sample
+    no_answer: int = 0  # samples that state no readable final answer (format drift, cut-off text)
+    timeouts: int = 0  # samples whose check ran out of time (graded wrong)
 
     @property
     def rate(self) -> float:
@@ -27,11 +32,14 @@ def keep_correct(items: list[dict], samples: list[list[dict]], iteration: int) -
     """The correct samples as training rows {question, answer, response, temperature, iteration}."""
     kept: list[dict] = []
     covered = 0
-    verdicts = correctness([[s["text"] for s in group] for group in samples], items)
+    verdicts, report = grade_groups([[s["text"] for s in group] for group in samples], items)
     for item, group, ok in zip(items, samples, verdicts, strict=True):
         good = [s for s, right in zip(group, ok) if right]
         covered += bool(good)
         kept += [{"question": item["question"], "answer": item["answer"], "response": s["text"],
                   "temperature": s["temperature"], "iteration": iteration} for s in good]
     sampled = sum(len(g) for g in samples)
-    return kept, Yield(sampled, len(kept), len(items), covered)
+    y = Yield(sampled, len(kept), len(items), covered, report.no_answer, report.timeouts)
+    log.info("filter it%d: kept %d/%d; %d samples with no final answer, %d checks timed out",
+             iteration + 1, y.kept, y.sampled, y.no_answer, y.timeouts)
+    return kept, y

@@ -1,13 +1,16 @@
-"""Grading: the decided cases, table-driven, and the worker pool's time limits."""
+"""Grading: the decided cases, table-driven, and the worker pool's time limits and lifecycle."""
 
+import faulthandler
+import os
+from pathlib import Path
 import signal
-import time
+from contextlib import contextmanager
 
 import pytest
 
-from imm.grading import checks as grading
+from imm.grading import pool as grading_pool
 from imm.grading.answers import final_answer
-from imm.grading.checks import grade, grade_groups, grade_many, grade_report, parse_number
+from imm.grading.checks import check_limited, grade, grade_groups, grade_report, parse_number
 
 OPTS = ["12", "15", "18", "21"]
 
@@ -88,6 +91,16 @@ def test_grade(text, gold, kind, expected):
     assert grade(text, {"answer": gold, "kind": kind, "choices": OPTS}) is expected
 
 
+@contextmanager
+def deadline(seconds: float):
+    """A per-test time bound: past it, dump every thread's stack and end the test process."""
+    faulthandler.dump_traceback_later(seconds, exit=True)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
 def test_extraction_and_numbers():
     assert final_answer("We get \\boxed{\\frac{1}{2}} in the end") == "\\frac{1}{2}"
     assert final_answer("no answer here") is None
@@ -99,53 +112,122 @@ def test_items_without_kind_are_numeric():
     assert grade("The answer is 7.", {"answer": "7"})
 
 
-def test_grade_many_matches_grade_in_order():
+def test_grade_report_matches_grade_in_order():
     items = [{"answer": g, "kind": k, "choices": OPTS} for _, g, k, _ in CASES]
     texts = [t for t, _, _, _ in CASES]
-    assert grade_many(texts, items, workers=2, timeout=10) == [e for _, _, _, e in CASES]
+    with deadline(120):
+        out = grade_report(texts, items, workers=2, timeout=10)
+    assert out.correct == [e for _, _, _, e in CASES]
+    assert (out.timeouts, out.no_answer) == (0, 1)  # "There were 9 apples, 9 in all." states no answer
 
 
-def test_grade_groups_keeps_shape():
-    items = [{"answer": "1"}, {"answer": "2"}]
-    groups = [["The answer is 1", "The answer is 3"], ["The answer is 2"]]
-    assert grade_groups(groups, items, workers=1) == [[True, False], [True]]
+def test_grade_groups_keeps_shape_and_counts():
+    items = [{"answer": "1"}, {"answer": "2", "kind": "latex"}]
+    groups = [["The answer is 1", "The answer is 3", "I give up"], ["The Answer is 2", "the answer is"]]
+    with deadline(60):
+        verdicts, report = grade_groups(groups, items, workers=1)
+    assert verdicts == [[True, False, False], [True, False]]
+    assert (report.no_answer, report.timeouts) == (2, 0)
 
 
-def test_pathological_latex_times_out():
-    # sympy would try to build a number with ~10^10^8 digits; the alarm stops it.
-    items = [{"answer": "1", "kind": "latex"}, {"answer": "2", "kind": "numeric"}]
-    texts = ["The answer is $9^{9^{9^{9}}}$.", "The answer is 2."]
-    start = time.time()
-    out = grade_report(texts, items, workers=2, timeout=1.0)
-    assert out.correct == [False, True] and out.timeouts == 1
-    assert time.time() - start < 10
+def test_the_alarm_stops_a_check_slow_in_python():
+    # sympy would try to build a number with ~10^10^8 digits; the alarm stops it in its Python code.
+    with deadline(30):
+        assert check_limited("9^{9^{9^{9}}}", {"answer": "1", "kind": "latex"}, 0.5) == (False, True)
+    assert check_limited("2", {"answer": "2", "kind": "latex"}, 5.0) == (True, False)
 
 
-def slow_check(pred, item):
-    time.sleep(60)
-    return True
+def test_pathological_latex_times_out_without_replacing_a_worker():
+    items = [{"answer": "1", "kind": "latex"}, {"answer": "2", "kind": "numeric"}, {"answer": "B", "kind": "choice"}]
+    texts = ["The answer is $9^{9^{9^{9}}}$.", "The answer is 2.", "The answer is (B)"]
+    pool = grading_pool.shared_pool(2)
+    before = pool.replaced
+    with deadline(60):
+        out = grade_report(texts, items, workers=2, timeout=1.0)
+    assert out.correct == [False, True, True] and out.timeouts == 1
+    assert pool.replaced == before  # the alarm ended it: the worker lives on
 
 
-def stuck_check(pred, item):
-    # Like C code holding the interpreter: the worker's alarm is never delivered.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
-    time.sleep(60)
-    return True
+def test_a_stuck_worker_is_killed_and_replaced():
+    # A stopped process is stuck as hard as one in C code: no alarm, no SIGTERM reaches its Python code.
+    pool = grading_pool.shared_pool(1)
+    with deadline(60):
+        grade_report(["The answer is (A)"], [{"answer": "A", "kind": "choice"}], workers=1)  # started
+        stuck = pool.workers[0].proc
+        os.kill(stuck.pid, signal.SIGSTOP)
+        texts = ["The answer is 1", "The answer is $\\frac12$", "The answer is (C)", "The answer is (D)"]
+        items = [{"answer": "1"}, {"answer": "0.5", "kind": "latex"}, {"answer": "C", "kind": "choice"},
+                 {"answer": "C", "kind": "choice"}]
+        out = grade_report(texts, items, workers=1, timeout=0.5)
+    assert out.correct == [True, False, True, False] and out.timeouts == 1  # the replacement graded the rest
+    assert stuck.returncode == -signal.SIGKILL and pool.workers[0].proc.pid != stuck.pid
 
 
-@pytest.mark.parametrize("check", [slow_check, stuck_check])
-def test_slow_checks_are_graded_wrong_and_counted(monkeypatch, check):
-    monkeypatch.setitem(grading.CHECKS, "latex", check)  # forked workers inherit the patch
-    items = [{"answer": "1"}, {"answer": "1", "kind": "latex"}, {"answer": "2"}, {"answer": "3"}]
-    texts = ["The answer is 1", "The answer is 1", "The answer is 2", "The answer is 4"]
-    start = time.time()
-    out = grade_report(texts, items, workers=2, timeout=0.5)
-    assert out.correct == [True, False, True, False] and out.timeouts == 1
-    assert time.time() - start < 8
+def test_the_pool_is_reused_across_calls():
+    items = [{"answer": "\\frac{1}{2}", "kind": "latex"}, {"answer": "B", "kind": "choice", "choices": OPTS}]
+    texts = ["The answer is 0.5", "The answer is 15"]
+    with deadline(60):
+        assert grade_report(texts, items, workers=2).correct == [True, True]
+        pids = [w.proc.pid for w in grading_pool.shared_pool(2).workers]
+        for _ in range(3):
+            assert grade_report(texts, items, workers=2).correct == [True, True]
+    assert [w.proc.pid for w in grading_pool.shared_pool(2).workers] == pids
+
+
+@pytest.mark.parametrize("disposition", ["raise", signal.SIG_IGN])
+def test_workers_end_on_sigterm_whatever_the_entrypoint_installed(disposition, capfd):
+    # The entrypoint turns SIGTERM into KeyboardInterrupt (imm/main.py); an inherited "ignore"
+    # would survive exec. Either way a worker must simply die of the signal.
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt if disposition == "raise" else disposition)
+    try:
+        pool = grading_pool.GradingPool(1)
+        with deadline(60):
+            out = pool.run([("(A)", {"answer": "A", "kind": "choice"})], timeout=5.0)
+            worker = pool.workers[0].proc
+            worker.terminate()
+            assert worker.wait() == -signal.SIGTERM
+        pool.close()
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert out == [(True, False)]
+    assert "KeyboardInterrupt" not in capfd.readouterr().err
 
 
 def test_bad_arguments_fail():
     with pytest.raises(ValueError):
-        grade_many(["a"], [], workers=1)
+        grade_report(["a"], [], workers=1)
     with pytest.raises(ValueError):
-        grade_many(["a"], [{"answer": "1"}], workers=0)
+        grade_report(["a"], [{"answer": "1"}], workers=0)
+
+
+def test_filtering_reports_no_answer_and_timeouts():
+    from imm.grading.filtering import keep_correct
+
+    items = [{"question": "a", "answer": "7"}, {"question": "b", "answer": "1", "kind": "latex"}]
+    samples = [[{"text": "The Answer is 7", "temperature": 0.2}, {"text": "I think 7", "temperature": 0.4}],
+               [{"text": "The answer is $9^{9^{9^{9}}}$.", "temperature": 0.2},
+                {"text": "so \\fbox{1}", "temperature": 0.4}]]
+    with deadline(60):
+        kept, y = keep_correct(items, samples, iteration=0)
+    assert [k["response"] for k in kept] == ["The Answer is 7", "so \\fbox{1}"]
+    assert (y.kept, y.no_answer, y.timeouts) == (2, 1, 1)
+
+
+def test_evaluate_logs_no_answer_share_and_timeouts_per_set():
+    # The shipped testbed model, greedy on a few ID and OOD questions: the counts sit beside pass@1.
+    from imm.data import DatasetConfig, load_data
+    from imm.evaluate import EvalConfig, evaluate
+    from imm.models import ModelConfig, load_model, load_tokenizer
+
+    path = str(Path(__file__).resolve().parents[2] / "imm" / "assets" / "testbed")
+    model, tok = load_model(ModelConfig(path=path), path), load_tokenizer(path)
+    data = load_data(DatasetConfig(n_train=1, n_test=2))
+    with deadline(120):
+        m = evaluate(model, tok, data, lambda it: it.get("prompt") or f"Question: {it['question']}\nAnswer: "
+                     "Let's think step by step.", EvalConfig(max_new_tokens=48, batch_size=8))
+    for name in data.tests:
+        assert 0.0 <= m[f"{name}/no_answer"] <= 1.0 and m[f"{name}/timeouts"] == 0
+        assert m[name] <= 1.0 - m[f"{name}/no_answer"]  # a sample without an answer is never right
