@@ -7,17 +7,23 @@ come back as items ``{"question", "answer", "kind", "id"}`` plus ``"choices"`` (
 multiple choice, whose question already lists its options as "(A) ... (B) ...". ``kind`` says how
 ``imm.grading.checks`` compares answers: ``numeric`` by value, ``latex`` through math-verify, ``choice``
 by letter. ``BENCHMARKS`` is the registry; ``get(name)`` fails naming the valid ones.
+
+A row without a gold answer (a MATH solution with no boxed answer) is skipped, not fatal: the
+loader logs how many it skipped, and ``load_items`` returns that count with the items.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 from imm.grading.answers import LETTERS, last_boxed
+
+log = logging.getLogger(__name__)
 
 MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra",
                  "number_theory", "prealgebra", "precalculus")
@@ -43,7 +49,7 @@ OPTION_PAD = " ,'\"[]"
 class Benchmark:
     name: str
     kind: str  # numeric | latex | choice: how answers are compared (imm.grading.checks)
-    to_item: Callable[[dict], dict]  # raw row -> {"question", "answer", optional "choices", "id"}
+    to_item: Callable[[dict], Optional[dict]]  # raw row -> {"question", "answer", "choices"?, "id"?}; None: no gold
     hub: Optional[str] = None  # hub id for datasets.load_dataset; None = local files only
     configs: tuple = (None,)  # hub configs loaded and concatenated (MATH subjects, MMLU subjects)
     split: str = "test"
@@ -108,10 +114,12 @@ def gsm8k_item(row: dict) -> dict:
     return {"question": row["question"], "answer": number_text(gold), "solution": solution}
 
 
-def math_item(row: dict) -> dict:
+def math_item(row: dict) -> dict | None:
+    """The gold is the solution's last \\boxed{}, \\fbox{} or "\\boxed N" (as Hendrycks'
+    ``last_boxed_only_string`` reads it); None (row skipped) when it has none."""
     gold = last_boxed(row["solution"])
-    if gold is None:
-        raise ValueError(f"MATH solution has no \\boxed{{}} answer: {row['problem'][:60]!r}")
+    if not gold:
+        return None
     return {"question": row["problem"], "answer": gold, "solution": row["solution"]}
 
 
@@ -232,17 +240,36 @@ def hub_rows(bench: Benchmark, split: str) -> list[dict]:
     return [dict(row) for config in bench.configs for row in load_dataset(bench.hub, config, split=split)]
 
 
-def load_benchmark(name: str, split: str | None = None, path: str | None = None, limit: int = 0) -> list[dict]:
-    """Normalised items {question, answer, kind, id, choices?} of a benchmark (first ``limit``; 0 = all)."""
+@dataclass
+class Loaded:
+    items: list[dict]
+    skipped: int  # rows without a gold answer (MATH: no boxed answer in the solution)
+
+
+def load_items(name: str, split: str | None = None, path: str | None = None, limit: int = 0) -> Loaded:
+    """Normalised items {question, answer, kind, id, choices?} of a benchmark (first ``limit``; 0 = all)
+    and the number of rows skipped for having no gold answer (logged as a warning)."""
     bench = get(name)
     split = split or bench.split
     rows = read_rows(path) if path else hub_rows(bench, split)
     if bench.keep:
         rows = [r for r in rows if bench.keep(r)]
-    items = []
-    for i, row in enumerate(rows[:limit] if limit else rows):
+    items, skipped = [], 0
+    for i, row in enumerate(rows):
+        if limit and len(items) == limit:
+            break
         item = bench.to_item(row)
+        if item is None:
+            skipped += 1
+            continue
         item["kind"] = bench.kind
-        item["id"] = str(item.get("id") or f"{name}/{split}/{i}")
+        item["id"] = str(item.get("id") or f"{name}/{split}/{i}")  # the row's index: stable across skips
         items.append({k: v for k, v in item.items() if v is not None})
-    return items
+    if skipped:
+        log.warning("%s/%s: skipped %d of %d rows with no gold answer", name, split, skipped, len(items) + skipped)
+    return Loaded(items, skipped)
+
+
+def load_benchmark(name: str, split: str | None = None, path: str | None = None, limit: int = 0) -> list[dict]:
+    """The items of ``load_items`` (skipped rows are logged there)."""
+    return load_items(name, split, path, limit).items

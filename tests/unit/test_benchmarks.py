@@ -128,3 +128,15 @@ def test_benchmark_without_hub_needs_a_file():
         DatasetConfig(kind="benchmarks", train_set="gsm8k", test_sets=["mawps"])
     with pytest.raises(KeyError, match="valid"):
         DatasetConfig(kind="benchmarks", train_set="gsm9k")
+
+
+def test_math_reads_every_boxed_form_and_skips_rows_without_a_gold(caplog):
+    from imm.data.benchmarks import load_items
+
+    with caplog.at_level("WARNING"):
+        loaded = load_items("math", path=str(FIX / "math/odd.jsonl"))
+    # \fbox{5} and "\boxed 6" (Hendrycks' last_boxed_only_string reads both); the graph row has no answer
+    assert [it["answer"] for it in loaded.items] == ["5", "6", "6"]
+    assert loaded.skipped == 1 and "skipped 1 of 4 rows" in caplog.text
+    assert [it["id"] for it in loaded.items] == ["math/test/0", "math/test/1", "math/test/3"]  # row indices
+    assert load_benchmark("math", path=str(FIX / "math/odd.jsonl"), limit=3)[-1]["answer"] == "6"  # limit counts items
