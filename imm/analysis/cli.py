@@ -4,14 +4,14 @@
     python -m imm.analysis importance --model imm/assets/testbed --data plain --n 256 --out outputs/analysis
     python -m imm.analysis importance --model DIR --data plain --jsonl texts.jsonl --out DIR
     python -m imm.analysis weight-change A_DIR B_DIR --out outputs/analysis
-    python -m imm.analysis weight-change-run outputs/runs/RUN            # writes into RUN/analysis
+    python -m imm.analysis weight-change-run outputs/jobs/JOB_KEY        # writes into JOB_KEY/analysis
 
 - ``importance``: I_n per layer (Eq. 3; paper Figs 3, 10, 11). ``reasoning`` data are the testbed's
   worked solutions (loss on the solution only); ``plain`` text is the question texts alone as
   language-model data, or the ``text`` field of each line of ``--jsonl``.
 - ``weight-change``: ΔW_n = Σ_k ‖W_A^{k,n} − W_B^{k,n}‖ between two checkpoints (Eq. 4; Fig. 4).
-- ``weight-change-run``: each iteration's SFT step in a run folder (``sft1, merge1, sft2, ...``;
-  iteration 1 starts from ``model.path`` in the run's ``config.yaml``), as shares per layer (Fig. 12).
+- ``weight-change-run``: each iteration's SFT step in a job folder (``sft1, merge1, sft2, ...``;
+  iteration 1 starts from ``model.path`` in the job's ``config.yaml``), as shares per layer (Fig. 12).
 """
 
 from __future__ import annotations

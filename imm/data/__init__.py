@@ -1,7 +1,14 @@
-"""Training questions and test sets: the testbed world, or local JSONL files.
+"""Training questions and test sets (``load_data``), by ``dataset.kind``:
+
+- ``testbed``: the testbed world's generated problems (:mod:`imm.data.world`), an ID family and
+  three OOD families;
+- ``jsonl``: local files, ``dataset.train_file`` and ``dataset.test_files`` (name -> file);
+- ``benchmarks``: GSM8K, MATH and the OOD suite of :mod:`imm.data.benchmarks`, from the hub or local
+  files in the same schema, with the few-shot prompts of :mod:`imm.data.prompts`.
 
 Every item is a dict with ``question`` and ``answer`` (gold final answer as text), optionally
-``solution`` (a gold worked solution) and ``family``.
+``solution`` (a gold worked solution) and ``family`` (testbed), or ``kind`` (how the answer is
+graded), ``id``, ``choices`` and ``prompt`` (its few-shot prompt) for benchmark items.
 """
 
 from __future__ import annotations

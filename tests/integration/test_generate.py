@@ -1,6 +1,7 @@
 """Our batched decoding against transformers' generate, and the sampling contract of synthesize."""
 
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,16 +22,30 @@ def prompts(n=24):
     return [problems.format_prompt(i["question"]) for i in items]
 
 
-def test_greedy_equals_transformers_generate(model_tok):
-    model, tok = model_tok
-    ps = prompts()
-    ours = complete(model, tok, ps, max_new_tokens=30, batch_size=16, stops=())
+@pytest.fixture(scope="module")
+def testbed():
+    """The shipped pretrained testbed model: it writes real, prompt-dependent solutions."""
+    path = str(Path(__file__).resolve().parents[2] / "imm" / "assets" / "testbed")
+    return load_model(ModelConfig(path=path)), load_tokenizer(path)
+
+
+def family_prompts(n=4):
+    """n questions of each family: prompts of 36 to 48 tokens, answers of 15 to 40."""
+    items = [i for f in (problems.ID_FAMILY, *problems.OOD_FAMILIES) for i in problems.make_split(f, "test", n, 0)]
+    return [problems.format_prompt(i["question"]) for i in items]
+
+
+def test_greedy_equals_transformers_generate(testbed):
+    """Left-padded batches of mixed prompt lengths; short answers end at EOS, long ones at the limit."""
+    model, tok = testbed
+    ps = family_prompts()
+    ours = complete(model, tok, ps, max_new_tokens=30, batch_size=8, stops=())
     tok.padding_side = "left"
-    ref = []
+    lengths = {len(tok(p)["input_ids"]) for p in ps}
     order = sorted(range(len(ps)), key=lambda i: len(ps[i]))  # the same batches as ours
     by_index = {}
-    for b in range(0, len(order), 16):
-        idx = order[b:b + 16]
+    for b in range(0, len(order), 8):
+        idx = order[b:b + 8]
         enc = tok([ps[i] for i in idx], return_tensors="pt", padding=True, return_token_type_ids=False)
         out = model.generate(**enc, do_sample=False, max_new_tokens=30, pad_token_id=tok.pad_token_id,
                              eos_token_id=tok.eos_token_id)
@@ -38,6 +53,10 @@ def test_greedy_equals_transformers_generate(model_tok):
             by_index[i] = tok.decode(out[j, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
     ref = [by_index[i] for i in range(len(ps))]
     assert [o[0] for o in ours] == ref
+    assert len(lengths) > 5  # every batch mixes prompt lengths: padding is exercised
+    assert len(set(ref)) == len(ref)  # each prompt its own answer
+    assert any(r.endswith("The answer is " + r.split()[-1]) for r in ref)  # some ended at EOS ...
+    assert any("The answer is" not in r for r in ref)  # ... and some ran into the 30-token limit
 
 
 def test_rows_leave_the_batch_at_eos(model_tok):
@@ -86,10 +105,17 @@ def test_sample_next_greedy_rows_and_top_p():
     assert {d[2] for d in draws} == {0}  # top_p 0.5 keeps only the most likely token
 
 
-def test_stop_strings_end_a_sample(model_tok):
-    model, tok = model_tok
-    out = complete(model, tok, prompts(4), max_new_tokens=40, stops=("=",))
-    assert all("=" not in o[0] for o in out)
+def test_stop_strings_end_a_sample(testbed):
+    """The model writes "=" mid-solution: each sample ends right after its first "=", and up to there
+    it is the text the model writes without the stop string."""
+    model, tok = testbed
+    ps = family_prompts(2)
+    full = complete(model, tok, ps, max_new_tokens=40, batch_size=8, stops=())
+    stopped = complete(model, tok, ps, max_new_tokens=40, batch_size=8, stops=("=",))
+    for (whole,), (cut,) in zip(full, stopped):
+        assert "=" in whole and whole.index("=") < len(whole) - 1  # the stop string occurs mid-text
+        assert cut == whole[:whole.index("=") + 1]
+    assert len({c[0] for c in stopped}) == len(ps)  # each prompt its own text up to the stop
 
 
 def test_auto_batch_size(model_tok):

@@ -19,15 +19,29 @@ def test_vanilla_imm_iimm_use_current_iteration_only():
 
 
 def test_accumulation_uses_everything():
-    assert len(build_trainset(MethodConfig(name="accumulation"), HISTORY, 0)) == 20
+    out = build_trainset(MethodConfig(name="accumulation"), HISTORY, 0)
+    assert out == HISTORY[0] + HISTORY[1] + HISTORY[2]  # every row of every iteration, oldest first, once
+    assert [r["iteration"] for r in out] == [0] * 10 + [1] * 6 + [2] * 4
 
 
-@pytest.mark.parametrize("share,expected", [(0.0, 4), (0.5, 4 + 8), (1.0, 20)])
+@pytest.mark.parametrize("share,expected", [(0.0, 0), (0.25, 4), (0.5, 8), (1.0, 16)])
 def test_mixture_adds_share_of_earlier(share, expected):
     out = build_trainset(MethodConfig(name="mixture", history_share=share), HISTORY, 0)
-    assert len(out) == expected
-    assert out[-4:] == HISTORY[-1]
+    earlier, current = out[:-4], out[-4:]
+    assert current == HISTORY[-1]  # this iteration's rows, all of them
+    assert len(earlier) == expected  # share × the 16 earlier rows
+    assert all(r in HISTORY[0] + HISTORY[1] for r in earlier)  # from earlier iterations only
+    assert len({r["question"] for r in earlier}) == expected  # drawn without replacement
     assert build_trainset(MethodConfig(name="mixture", history_share=share), HISTORY, 0) == out  # seeded
+
+
+def test_mixture_draws_from_every_earlier_iteration_and_by_seed():
+    draws = [build_trainset(MethodConfig(name="mixture", history_share=0.5), HISTORY, seed)[:-4] for seed in range(5)]
+    assert {r["iteration"] for d in draws for r in d} == {0, 1}
+    assert len({tuple(r["question"] for r in d) for d in draws}) > 1  # another seed, another draw
+    # with iterations of 10 and 6 rows, the draw's share of each is near its share of the history
+    from_first = sum(r["iteration"] == 0 for d in draws for r in d) / sum(len(d) for d in draws)
+    assert 0.4 < from_first < 0.85
 
 
 def test_merge_flags():
