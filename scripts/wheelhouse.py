@@ -5,12 +5,12 @@ submitit, MLflow or math-verify, and cluster nodes often reach no package index.
 does, this resolves requirements/compute-node.txt for the node's Python and platform, leaves out
 what the image already has, downloads the rest as wheels and adds imm's own wheel:
 
-    python scripts/wheelhouse.py --python-version 3.12 --out wheelhouse
+    python scripts/wheelhouse.py --python-version 3.12      # -> outputs/wheelhouse-py3.12
     python scripts/wheelhouse.py --python-version 3.12 --have-file image-freeze.txt   # exact image
 
 then copy the folder to the node and, from a checkout of the repository there:
 
-    sh wheelhouse/install.sh                 # pip install --no-index from the folder, then imm
+    sh outputs/wheelhouse-py3.12/install.sh  # pip install --no-index from the folder, then imm
     python -m imm.main run.iterations=1
 
 ``--have-file`` takes ``pip freeze`` of the image: its names are left out and its versions
@@ -165,11 +165,13 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"packages the image has, left out (default: {' '.join(DEFAULT_HAVE)})")
     ap.add_argument("--have-file", type=Path,
                     help="`pip freeze` of the image: its packages are left out, its versions kept")
-    ap.add_argument("--out", type=Path, default=Path("wheelhouse"))
+    ap.add_argument("--out", type=Path, help="an empty folder (default: outputs/wheelhouse-pyX.Y, "
+                    "git-ignored)")
     args = ap.parse_args(argv)
 
     have = list(DEFAULT_HAVE if args.have is None else args.have)
     pins = read_freeze(args.have_file.read_text()) if args.have_file else {}
+    args.out = args.out or ROOT / "outputs" / f"wheelhouse-py{args.python_version}"
     skip = build(args.out, args.python_version, args.platforms or ["manylinux_2_28_x86_64"],
                  have + list(pins), pins)
     files = manifest(args.out)
