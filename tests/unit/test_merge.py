@@ -8,17 +8,24 @@ from safetensors.torch import load_file, save_file
 
 from imm.merge.engine import merge_checkpoints
 from imm.merge.mask import DareMask, tensor_seed
-from imm.merge.rules import (MERGE_RULES, MergeConfig, check_compatible, count_nonzero, get,
+from imm.merge.rules import (CHUNK_ELEMS, MERGE_RULES, MergeConfig, check_compatible, count_nonzero, get,
                              importance_scales, layer_index, merge_blocks, merge_tensor, row_ranges, ties_merge,
                              ties_update)
 from imm.merge.stats import tensor_group
+
+# float32 merges round a handful of times (δ, ×mask, +θ_prev, ×(1−α), +α·θ, each to 2⁻²⁴ relative):
+# 1e-6 of the summed magnitudes of the terms bounds them with room to spare
+F32_REL = 1e-6
+# bf16 storage rounds the float32 result once more, to 8 significant bits: at most 2⁻⁸ of |result|
+BF16_REL = 2.0**-8
+
 
 def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
-def randn(shape, seed):
-    return torch.randn(shape, generator=gen(seed))
+def randn(shape, seed, mean=0.0):
+    return torch.randn(shape, generator=gen(seed)) + mean
 
 
 def merge(tmp_path, base, prev, sft, cfg, iteration=0, layer_scales=None):
@@ -107,6 +114,56 @@ def test_every_rule_alpha_zero_keeps_sft_alpha_one_gives_base(tmp_path, name):
 
 
 # ---- DARE through the engine -----------------------------------------------------------------------
+
+def test_dare_is_unbiased(tmp_path):
+    """E[DARE(δ)] = δ: with α=0 the merge moves θ_prev by DARE(δ). δ has mean 1, so the mean move
+    over n entries must be mean(δ) within 5 standard deviations, σ² = Σδ²·p/(1−p)/n²; without the
+    1/(1−p) rescale it would be (1−p)·mean(δ), 0.3 away, about 100σ."""
+    n, p = 100_000, 0.3
+    prev = {"model.layers.0.w": randn((100, 1000), 0)}
+    sft = {"model.layers.0.w": prev["model.layers.0.w"] + randn((100, 1000), 1, mean=1.0)}
+    out, _ = merge(tmp_path, prev, prev, sft, MergeConfig(alpha=0.0, p=p, seed=2))
+    delta = (sft["model.layers.0.w"] - prev["model.layers.0.w"]).double()
+    moved = out["model.layers.0.w"].double() - prev["model.layers.0.w"].double()
+    sigma = (float((delta**2).sum()) * p / (1 - p)) ** 0.5 / n
+    assert abs(float(moved.mean() - delta.mean())) < 5 * sigma
+    assert abs(float((1 - p) * moved.mean() - delta.mean())) > 5 * sigma  # no rescale: biased
+    assert abs(float((moved == 0).double().mean()) - p) < 5 * (p * (1 - p) / n) ** 0.5
+
+
+def reference(base, prev, sft, alpha, p, keep):
+    """θ_m = α·θ_base + (1−α)·(θ_prev + keep·(θ_sft − θ_prev)/(1−p)) in float64, and the summed
+    magnitudes of its terms (what float32 rounding error scales with)."""
+    b, pr, s = base.double(), prev.double(), sft.double()
+    update = keep.double().view(s.shape) * (s - pr) / (1 - p)
+    return alpha * b + (1 - alpha) * (pr + update), alpha * b.abs() + (1 - alpha) * (pr.abs() + update.abs())
+
+
+@pytest.mark.parametrize("dtype,rel", [(torch.float32, 0.0), (torch.bfloat16, BF16_REL)], ids=["f32", "bf16"])
+def test_imm_merge_matches_float64_reference(tmp_path, dtype, rel):
+    """α in (0, 1), p > 0 and θ_prev ≠ θ_base together, against Eq. 6 in float64 with the mask the
+    engine draws for each tensor (``DareMask(tensor_seed(seed, iteration, name))``). The big tensor
+    spans several row blocks; the odd-sized one splits 64-bit words of the mask stream."""
+    alpha, p, seed, iteration = 0.3, 0.4, 11, 2
+    shapes = {"model.layers.0.mlp.w": (CHUNK_ELEMS // 256 + 37, 512), "model.layers.1.attn.w": (333, 7),
+              "model.norm.weight": (96,)}
+    base, prev, sft = ({k: randn(s, 10 * i + j).to(dtype) for j, (k, s) in enumerate(shapes.items())}
+                       for i in range(3))
+    out, stats = merge(tmp_path, base, prev, sft, MergeConfig(alpha=alpha, p=p, seed=seed), iteration)
+    dropped = total = kept_moved = moved = 0
+    for name in shapes:
+        keep = DareMask(tensor_seed(seed, iteration, name)).multipliers(sft[name].numel(), p) != 0
+        ref, terms = reference(base[name], prev[name], sft[name], alpha, p, keep)
+        got = out[name]
+        assert got.dtype == dtype and got.shape == ref.shape
+        err = (got.double() - ref).abs()
+        assert (err <= rel * ref.abs() + F32_REL * terms).all(), f"{name}: max error {float(err.max()):.3g}"
+        dropped, total = dropped + int((~keep).sum()), total + keep.numel()
+        nonzero = (sft[name] != prev[name]).view(-1)  # bf16 inputs may coincide: δ = 0 is not counted
+        kept_moved, moved = kept_moved + int((keep & nonzero).sum()), moved + int(nonzero.sum())
+    assert abs(dropped / total - p) < 5 * (p * (1 - p) / total) ** 0.5
+    assert stats.density == pytest.approx(kept_moved / moved)
+
 
 def test_merge_reproducible_per_iteration(tmp_path):
     base, prev, sft = state(0), state(1), state(2)
