@@ -7,7 +7,7 @@ the rest of the vocabulary is filler tokens). Stages: sampling (imm.sampling.com
 over the paper's temperatures, all prompts in one batch of prompts x k rows) beside a plain batched
 ``generate`` on the same rows, and on the static compiled path (twice: with and without compiling);
 vLLM too where installed), SFT (imm.sft.torch_loop.train, or TRL with
---sft-backend trl), a DARE merge (p=0.1, α=0.5, imm.merge.rules.merge_state_dicts) and greedy evaluation.
+--sft-backend trl), a DARE merge (p=0.1, α=0.5, imm.merge.engine.merge_checkpoints) and greedy evaluation.
 Each prints tokens/s; SFT also prints MFU = 6·params·tokens/s / peak FLOP/s.
 
     python -m bench.gpu_smoke --device cuda                       # H100, bf16, 512-token prompts, 256 new tokens
@@ -237,13 +237,27 @@ def sft_stage(model, tok, prompts, responses, args, n_params: int) -> dict:
 
 
 def merge_stage(model, base: dict, args) -> dict:
-    from imm.merge.rules import MergeConfig, merge_state_dicts
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from imm.merge.engine import Checkpoint, merge_checkpoints
+    from imm.merge.rules import MergeConfig
     from imm.models import set_weights, weights
 
-    tuned = {k: v.cpu() for k, v in weights(model).items()}  # DARE masks are drawn on the CPU
+    tuned = {k: v.cpu() for k, v in weights(model).items()}  # the merge streams files on the CPU
     out: dict = {}
-    with timed("cpu", out):
-        merged, _ = merge_state_dicts(base, base, tuned, MergeConfig(name="dare_linear", alpha=0.5, p=0.1), 0)
+    with tempfile.TemporaryDirectory(prefix="imm-smoke-merge-") as tmp:
+        root = Path(tmp)
+        for name, state in (("base", base), ("sft", tuned)):
+            (root / name).mkdir()
+            save_file(state, str(root / name / "model.safetensors"))
+        with timed("cpu", out):  # as the loop runs it: checkpoint files in, checkpoint files out
+            merge_checkpoints(root / "base", root / "base", root / "sft", root / "merged",
+                              MergeConfig(name="dare_linear", alpha=0.5, p=0.1), 0)
+        ck = Checkpoint(root / "merged")
+        merged = {n: ck.read(n) for n in ck.names}
+        ck.close()
     out["params_per_s"] = sum(t.numel() for t in merged.values()) / out["seconds"]
     set_weights(model, {k: v.to(model.device) for k, v in merged.items()})
     return out

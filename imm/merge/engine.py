@@ -12,8 +12,7 @@ block are page-faulted afresh), and each output shard's header is written first,
 streamed after it. One thread does it all, block after block (see ``torch_threads``). The result
 is a standard sharded checkpoint (``model-0000i-of-0000n.safetensors`` +
 ``model.safetensors.index.json``) with the SFT model's config and tokenizer files, and
-``merge.json``: the rules applied and each tensor group's update norm and density. Tensors are
-bit-identical to ``imm.merge.rules.merge_state_dicts`` on the same inputs.
+``merge.json``: the rules applied and each tensor group's update norm and density.
 """
 
 from __future__ import annotations
@@ -27,8 +26,9 @@ from pathlib import Path
 
 import torch
 
-from imm.merge.rules import (CHUNK_ELEMS, MergeConfig, MergeStats, StatsAccumulator, Workspace, check_compatible,
-                       is_excluded, merge_blocks, num_layers, row_ranges, tensor_alpha_scale)
+from imm.merge.rules import (CHUNK_ELEMS, MergeConfig, Workspace, check_compatible, is_excluded, merge_blocks,
+                             num_layers, row_ranges, tensor_alpha_scale)
+from imm.merge.stats import MergeStats, StatsAccumulator
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"

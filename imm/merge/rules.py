@@ -1,11 +1,10 @@
-"""Model merging as pure functions over tensors (paper Eq. 5-7), and the whole-model merge in memory.
+"""Model merging as pure functions over tensors (paper Eq. 5-7), and the registry of merge rules.
 
 IMM:  δᵗ = θ_sftᵗ − θ_prev,  δ̂ = DARE(δᵗ, p),  θ_mᵗ = α·θ + (1−α)·(θ_prev + δ̂)
 IIMM: as IMM, with each layer n's δ̂ scaled by N·I_n / Σᵢ Iᵢ (I_n: layer importance, Eq. 3).
 
-Every method in ``MERGE_METHODS`` shares one call signature ``(base, prev, sft, *, alpha, p,
-generator, scale)`` (``generator``: a ``DareMask``) and one combination,
-α·θ + (1−α)·(θ_prev + scale·U(δ)); they differ in the update rule U (``UPDATE_RULES``):
+Every rule in ``MERGE_RULES`` shares one combination, α·θ + (1−α)·(θ_prev + scale·U(δ)), and
+differs in its update rule U and in the traits the engine plans by (``MergeRule``):
 
 - ``dare_linear``      U = DARE: drop each entry with probability p, rescale the kept by 1/(1−p).
 - ``task_arithmetic``  U = identity (scale = λ·layer scale; α=0, λ=1 gives θ_sft back).
@@ -16,24 +15,21 @@ generator, scale)`` (``generator``: a ``DareMask``) and one combination,
 - ``layer_adaptive``   U = DARE with a per-layer α: a linear ramp, a list, or derived from Eq. 3
                        importances (the dynamic, layer-adaptive merging the paper leaves to future work).
 
-DARE masks (``DareMask``: 32 random bits per entry from numpy's SFC64) are seeded per (seed,
-iteration, tensor name), so a merge is bit-reproducible. The mask is drawn row block by row block in
-order, which gives the same bits as one draw over the whole tensor, so the streaming engine
-(``imm.merge.engine``) and ``merge_state_dicts`` agree exactly.
+A new method is one update function and one ``MERGE_RULES`` entry. DARE masks come from
+``imm.merge.mask``; the streaming engine (``imm.merge.engine``) runs these rules block by block.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, List
 
-import numpy as np
 import torch
 
-from imm.merge.stats import LAYER_RE, MergeStats, StatsAccumulator, TensorStats, tensor_group  # noqa: F401
+from imm.merge.mask import DareMask, tensor_seed
+from imm.merge.stats import LAYER_RE, TensorStats
 
 ALPHA_SCHEDULES = ("ramp", "list", "importance")
 EXCLUDE_SOURCES = ("sft", "base", "prev")
@@ -44,7 +40,7 @@ CHUNK_ELEMS = 1 << 18
 
 @dataclass
 class MergeConfig:
-    name: str = "dare_linear"  # a key of MERGE_METHODS
+    name: str = "dare_linear"  # a key of MERGE_RULES
     alpha: float = 0.5  # weight of the base model θ, in [0, 1]; paper: 0.5 (layer_adaptive: α at layer 0)
     p: float = 0.1  # drop share of the update, in [0, 1): DARE's random drop rate, TIES' trimmed share
     seed: int = 0  # DARE mask seed (combined with iteration and tensor name)
@@ -56,8 +52,8 @@ class MergeConfig:
     exclude_from: str = "sft"  # model an excluded tensor is copied from: sft | base | prev
 
     def __post_init__(self) -> None:
-        if self.name not in MERGE_METHODS:
-            raise ValueError(f"merge.name={self.name!r} is not one of {sorted(MERGE_METHODS)}")
+        if self.name not in MERGE_RULES:
+            raise ValueError(f"merge.name={self.name!r} is not one of {sorted(MERGE_RULES)}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"merge.alpha={self.alpha} must lie in [0, 1]")
         if not 0.0 <= self.p < 1.0:
@@ -70,7 +66,7 @@ class MergeConfig:
             raise ValueError(f"merge.alpha_last={self.alpha_last} must lie in [0, 1]")
         if any(not 0.0 <= a <= 1.0 for a in self.alpha_by_layer):
             raise ValueError(f"merge.alpha_by_layer={list(self.alpha_by_layer)}: every value must lie in [0, 1]")
-        if self.name == "layer_adaptive" and self.alpha_schedule == "list" and not self.alpha_by_layer:
+        if MERGE_RULES[self.name].per_layer_alpha and self.alpha_schedule == "list" and not self.alpha_by_layer:
             raise ValueError("merge.alpha_by_layer is empty but merge.alpha_schedule=list needs one α per layer")
         if self.exclude_from not in EXCLUDE_SOURCES:
             raise ValueError(f"merge.exclude_from={self.exclude_from!r} is not one of {EXCLUDE_SOURCES}")
@@ -79,58 +75,6 @@ class MergeConfig:
                 re.compile(pattern)
             except re.error as err:
                 raise ValueError(f"merge.exclude: {pattern!r} is not a valid regex ({err})") from None
-
-
-def tensor_seed(seed: int, iteration: int, name: str) -> int:
-    """A stable 63-bit seed for one tensor's DARE mask (Python's hash() is salted per process)."""
-    digest = hashlib.sha256(f"{seed}/{iteration}/{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-# ---- the DARE mask: which entries of δ survive ------------------------------------------------------
-
-class DareMask:
-    """One tensor's DARE drop decisions, drawn as a stream: entry i takes the i-th 32 bits of the
-    raw SFC64 stream seeded with ``seed`` (numpy keeps raw bit streams stable across versions) and is
-    dropped when they, as an unsigned integer, fall below round(p·2³²): exactly Bernoulli(p), to
-    within 2⁻³³. Drawn block by block in order, the bits are those of one draw over the whole tensor.
-    About three times faster than ``torch.rand`` (a Mersenne Twister)."""
-
-    def __init__(self, seed: int) -> None:
-        self.bits = np.random.SFC64(seed)
-        self.spare: np.ndarray | None = None  # the upper half of a 64-bit word an odd-sized draw left
-
-    def words(self, n: int) -> np.ndarray:
-        """The next n 32-bit draws as int32, two per 64-bit word, low half first."""
-        if n == 0:
-            return np.empty(0, np.int32)
-        lead = [] if self.spare is None else [self.spare]
-        need = n - len(lead)
-        drawn = self.bits.random_raw((need + 1) // 2).view(np.int32)
-        self.spare = drawn[need:].copy() if len(drawn) > need else None
-        return np.concatenate(lead + [drawn[:need]]) if lead else drawn[:need]
-
-    def multipliers(self, n: int, p: float, out: torch.Tensor | None = None) -> torch.Tensor:
-        """DARE's factor for the next n entries (float32, into ``out`` if given): 1/(1−p) where
-        kept, 0 where dropped."""
-        out = torch.empty(n) if out is None else out
-        # u < threshold as uint32 ⟺ (u − 2³¹) < threshold − 2³¹ as int32: the shift is a bijection
-        threshold = min(round(p * 2**32), 2**32 - 1) - 2**31
-        # in place on the fresh draws, then widened (a compare into float32 makes a temporary)
-        keep = out.copy_(torch.from_numpy(self.words(n)).ge_(threshold))
-        # keep·(1/(1−p)) is 1/(1−p) or 0, so δ times it equals (δ·keep)·(1/(1−p)) to the bit
-        return keep.mul_(1.0 / (1.0 - p))
-
-
-# Rules that draw a DARE mask; p = 0 draws none (every entry kept).
-DRAWS_MASK = {"dare_linear", "layer_adaptive"}
-
-
-def dare_mask(cfg: MergeConfig, name: str, iteration: int) -> DareMask | None:
-    """The mask stream of one tensor, seeded per (seed, iteration, name); None where none is drawn."""
-    if cfg.name not in DRAWS_MASK or cfg.p == 0.0:
-        return None
-    return DareMask(tensor_seed(cfg.seed, iteration, name))
 
 
 # ---- update rules U(δ): what of δ = θ_sft − θ_prev survives --------------------------------------
@@ -142,18 +86,6 @@ def dare_(delta: torch.Tensor, p: float, keep: torch.Tensor | None = None) -> to
     if keep is None:
         raise ValueError("DARE with p > 0 needs the mask's multipliers")
     return delta.mul_(keep.view(delta.shape))  # no masked copies
-
-
-def dare(delta: torch.Tensor, p: float, generator: DareMask | None = None) -> torch.Tensor:
-    """Drop each entry of ``delta`` with probability p and rescale the kept ones by 1/(1−p)."""
-    if p == 0.0:
-        return delta.clone()
-    return dare_(delta.clone(), p, (generator or _fresh_mask()).multipliers(delta.numel(), p))
-
-
-def _fresh_mask() -> DareMask:
-    """A mask stream seeded from torch's global generator (seed it for reproducible draws)."""
-    return DareMask(int(torch.randint(2**62, ())))
 
 
 def keep_all(delta: torch.Tensor, p: float, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -187,13 +119,42 @@ def ties_update(delta: torch.Tensor, p: float, keep: torch.Tensor | None = None)
     return ties_merge(delta.unsqueeze(0), 1.0 - p)
 
 
+# ---- the registry: one entry per merge method --------------------------------------------------
+
 # (δ, p, DARE multipliers or None) -> U(δ); a rule may overwrite δ
 UpdateFn = Callable[..., torch.Tensor]
-UPDATE_RULES: dict[str, UpdateFn] = {
-    "dare_linear": dare_, "task_arithmetic": keep_all, "ties": ties_update, "layer_adaptive": dare_,
+
+
+@dataclass(frozen=True)
+class MergeRule:
+    """One merge method: its update rule U and the traits the engine plans by."""
+    update: UpdateFn
+    elementwise: bool  # U acts entry by entry, so a tensor may be merged in row blocks
+    draws_mask: bool = False  # U takes DARE multipliers (none are drawn at p = 0)
+    per_layer_alpha: bool = False  # α follows merge.alpha_schedule per layer instead of merge.alpha
+
+
+MERGE_RULES: dict[str, MergeRule] = {
+    "dare_linear": MergeRule(dare_, elementwise=True, draws_mask=True),
+    "task_arithmetic": MergeRule(keep_all, elementwise=True),
+    # TIES ranks magnitudes over the whole tensor, so it gets the tensor in one block
+    "ties": MergeRule(ties_update, elementwise=False),
+    "layer_adaptive": MergeRule(dare_, elementwise=True, draws_mask=True, per_layer_alpha=True),
 }
-# Rules that act entry by entry may run on row blocks; TIES ranks magnitudes over the whole tensor.
-ELEMENTWISE = {"dare_linear", "task_arithmetic", "layer_adaptive"}
+
+
+def get(name: str) -> MergeRule:
+    """The rule registered as ``name``; an unknown name fails with the valid ones."""
+    if name not in MERGE_RULES:
+        raise ValueError(f"unknown merge method {name!r}; valid: {sorted(MERGE_RULES)}")
+    return MERGE_RULES[name]
+
+
+def dare_mask(cfg: MergeConfig, name: str, iteration: int) -> DareMask | None:
+    """The mask stream of one tensor, seeded per (seed, iteration, name); None where none is drawn."""
+    if not get(cfg.name).draws_mask or cfg.p == 0.0:
+        return None
+    return DareMask(tensor_seed(cfg.seed, iteration, name))
 
 
 class Workspace:
@@ -249,7 +210,7 @@ def merge_tensor(method: str, base: torch.Tensor, prev: torch.Tensor, sft: torch
     delta.copy_(sft).sub_(prev32)
     flat = delta.view(-1)
     delta_sq, nonzero = float(torch.dot(flat, flat)), count_nonzero(delta, scratch)
-    update = UPDATE_RULES[method](delta, p, keep)
+    update = get(method).update(delta, p, keep)
     kept = count_nonzero(update, scratch)
     if scale != 1.0:  # x·1 = x: skipping it changes no bit
         update.mul_(scale)
@@ -258,50 +219,6 @@ def merge_tensor(method: str, base: torch.Tensor, prev: torch.Tensor, sft: torch
     moved = update.copy_(merged).sub_(prev32).view(-1)
     return merged, TensorStats(delta_sq=delta_sq, update_sq=float(torch.dot(moved, moved)),
                                nonzero=nonzero, kept=kept)
-
-
-def _merge_one(method, base, prev, sft, alpha, p, generator, scale) -> torch.Tensor:
-    """One whole tensor, its DARE mask drawn from ``generator`` (a fresh stream if None)."""
-    keep = None
-    if method in DRAWS_MASK and p > 0.0:
-        keep = (generator or _fresh_mask()).multipliers(sft.numel(), p)
-    return merge_tensor(method, base, prev, sft, alpha=alpha, p=p, keep=keep, scale=scale)[0]
-
-
-def dare_linear(base, prev, sft, *, alpha, p, generator=None, scale=1.0) -> torch.Tensor:
-    """IMM, Eq. 6 (Eq. 7 with ``scale`` = N·I_n/ΣI):
-    α·θ + (1−α)·(θ_prev + scale·DARE(θ_sft − θ_prev))."""
-    return _merge_one("dare_linear", base, prev, sft, alpha, p, generator, scale)
-
-
-def task_arithmetic(base, prev, sft, *, alpha, p, generator=None, scale=1.0) -> torch.Tensor:
-    """α·θ + (1−α)·(θ_prev + scale·δ); p is not used."""
-    return _merge_one("task_arithmetic", base, prev, sft, alpha, p, generator, scale)
-
-
-def ties(base, prev, sft, *, alpha, p, generator=None, scale=1.0) -> torch.Tensor:
-    """α·θ + (1−α)·(θ_prev + scale·TIES(δ)), δ trimmed to its top (1−p) share by magnitude."""
-    return _merge_one("ties", base, prev, sft, alpha, p, generator, scale)
-
-
-def layer_adaptive(base, prev, sft, *, alpha, p, generator=None, scale=1.0) -> torch.Tensor:
-    """IMM with this tensor's layer α (resolved by ``tensor_alpha_scale`` from the config)."""
-    return _merge_one("layer_adaptive", base, prev, sft, alpha, p, generator, scale)
-
-
-MergeFn = Callable[..., torch.Tensor]
-MERGE_METHODS: dict[str, MergeFn] = {
-    "dare_linear": dare_linear,
-    "task_arithmetic": task_arithmetic,
-    "ties": ties,
-    "layer_adaptive": layer_adaptive,
-}
-
-
-def get(name: str) -> MergeFn:
-    if name not in MERGE_METHODS:
-        raise KeyError(f"unknown merge method {name!r}; valid: {sorted(MERGE_METHODS)}")
-    return MERGE_METHODS[name]
 
 
 # ---- per-tensor arguments: layer, α, scale, exclusion ---------------------------------------------
@@ -347,7 +264,7 @@ def tensor_alpha_scale(cfg: MergeConfig, name: str, n_layers: int,
     """(α, update scale) of one tensor: λ times IIMM's layer scale, or the layer_adaptive α."""
     layer = layer_index(name)
     scale = layer_scales.get(layer, 1.0) if layer_scales and layer is not None else None
-    if cfg.name == "layer_adaptive" and layer is not None:
+    if get(cfg.name).per_layer_alpha and layer is not None:
         alpha = layer_alpha(cfg, layer, n_layers, scale)
         if cfg.alpha_schedule == "importance":
             return alpha, cfg.lam  # the importances act through α, not through the update scale
@@ -377,12 +294,12 @@ def check_compatible(a: dict, b: dict, what: str) -> None:
                              f"{_shape(b[name])} (different architecture or vocabulary)")
 
 
-# ---- one tensor, block by block; a whole model in memory ------------------------------------------
+# ---- one tensor, block by block ------------------------------------------------------------------
 
 def row_ranges(method: str, shape: tuple[int, ...], chunk_elems: int = CHUNK_ELEMS) -> list[slice]:
     """Row blocks one tensor is merged in, in order; one block of everything (``...``) where the
     rule needs the whole tensor (TIES ranks all magnitudes) or there are no rows."""
-    if method not in ELEMENTWISE or len(shape) == 0:
+    if not get(method).elementwise or len(shape) == 0:
         return [...]
     step = max(1, chunk_elems // max(1, math.prod(shape[1:])))
     return [slice(a, min(a + step, shape[0])) for a in range(0, shape[0], step)] or [...]
@@ -399,29 +316,3 @@ def merge_blocks(cfg: MergeConfig, name: str, blocks: Iterable[tuple[torch.Tenso
     for base, prev, sft in blocks:
         keep = mask.multipliers(sft.numel(), cfg.p, out=work.take("keep", sft.numel())) if mask else None
         yield merge_tensor(cfg.name, base, prev, sft, alpha=alpha, p=cfg.p, keep=keep, scale=scale, work=work)
-
-
-def merge_state_dicts(base: dict[str, torch.Tensor], prev: dict[str, torch.Tensor],
-                      sft: dict[str, torch.Tensor], cfg: MergeConfig, iteration: int,
-                      layer_scales: dict[int, float] | None = None
-                      ) -> tuple[dict[str, torch.Tensor], MergeStats]:
-    """Merge whole models tensor by tensor; returns the merged state dict and its update stats."""
-    check_compatible(base, sft, "base and SFT model")
-    check_compatible(prev, sft, "previous and SFT model")
-    sources = {"sft": sft, "base": base, "prev": prev}
-    n_layers = num_layers(sft)
-    merged: dict[str, torch.Tensor] = {}
-    acc = StatsAccumulator()
-    for name, t_sft in sft.items():
-        if is_excluded(cfg, name) or not t_sft.is_floating_point():
-            merged[name] = sources[cfg.exclude_from if is_excluded(cfg, name) else "sft"][name].clone()
-            continue
-        alpha, scale = tensor_alpha_scale(cfg, name, n_layers, layer_scales)
-        ranges = row_ranges(cfg.name, tuple(t_sft.shape))
-        inputs = ((base[name][r], prev[name][r], t_sft[r]) for r in ranges)
-        blocks = []
-        for block, stats in merge_blocks(cfg, name, inputs, iteration, alpha, scale):
-            blocks.append(block)
-            acc.add(name, stats)
-        merged[name] = blocks[0] if len(blocks) == 1 else torch.cat(blocks)
-    return merged, acc.result()
