@@ -124,8 +124,8 @@ def evaluate_fields(cfg: Config, model: ModelRef) -> dict:
     if ev["temperature"] == 0 or cfg.engine.backend == "vllm":
         ev.pop("batch_size")  # greedy: speed only; vllm: not used
     model_cfg = cfg.teacher if model.teacher else cfg.model
-    return {"model": model.key, "eval": ev, "tests": data_key(cfg, "test"),
-            "engine": decoding(cfg, model_cfg, sampled=cfg.eval.temperature > 0)}
+    # engine.batch_size is the sampling stage's; evaluation's own (eval.batch_size) is in ``ev`` when it counts
+    return {"model": model.key, "eval": ev, "tests": data_key(cfg, "test"), "engine": decoding(cfg, model_cfg, False)}
 
 
 def synthesize_fields(cfg: Config, model: ModelRef, t: int) -> dict:

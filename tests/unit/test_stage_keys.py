@@ -71,6 +71,7 @@ def test_vllm_sampling_ignores_the_hf_batch_size_and_sampled_eval_keeps_it():
     assert KEYS["synthesize"](cfg(engine=vllm | dict(batch_size=8))) == KEYS["synthesize"](cfg(engine=vllm))
     hot = dict(n=4, temperature=0.7, ks=[1, 4])
     assert KEYS["evaluate"](cfg(eval=hot | dict(batch_size=8))) != KEYS["evaluate"](cfg(eval=hot))
+    assert KEYS["evaluate"](cfg(eval=hot, engine=dict(batch_size=8))) == KEYS["evaluate"](cfg(eval=hot))
     for key in KEYS.values():  # which GPU it runs on changes nothing
         assert key(cfg(model=dict(device="cuda:0"))) == key(cfg(model=dict(device="cuda:1")))
 
