@@ -243,7 +243,7 @@ def merge_stage(model, base: dict, args) -> dict:
 
     from imm.merge.engine import Checkpoint, merge_checkpoints
     from imm.merge.rules import MergeConfig
-    from imm.models import set_weights, weights
+    from imm.models import weights
 
     tuned = {k: v.cpu() for k, v in weights(model).items()}  # the merge streams files on the CPU
     out: dict = {}
@@ -261,6 +261,14 @@ def merge_stage(model, base: dict, args) -> dict:
     out["params_per_s"] = sum(t.numel() for t in merged.values()) / out["seconds"]
     set_weights(model, {k: v.to(model.device) for k, v in merged.items()})
     return out
+
+
+def set_weights(model, state: dict) -> None:
+    """Load a merged state dict into ``model``; tied weights (embeddings = lm_head) may be absent."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(model.state_dict()) - set(state)
+    if unexpected or set(missing) - tied:
+        raise ValueError(f"weights do not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
 
 
 def eval_stage(model, tok, prompts, args) -> dict:

@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from imm.data import DatasetConfig
 from imm.evaluate import EvalConfig
-from imm.sampling import GenerateConfig
+from imm.sampling import ENGINE_KEYS, GenerateConfig
+from imm.sampling.engine import EngineConfig
 from imm.merge.rules import MergeConfig
 from imm.methods import MethodConfig
 from imm.models import ModelConfig, asset_path
@@ -47,6 +48,7 @@ class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)  # how sampling and evaluation run the model
     sft: SFTConfig = field(default_factory=SFTConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -58,6 +60,10 @@ class Config:
     def __post_init__(self) -> None:
         if "{question}" not in self.prompt:
             raise ValueError("prompt must contain '{question}'")
+        # generate.backend & co. are the former names of engine.*: move them, so one place holds each
+        self.engine = self.engine.given(self.generate.engine_overrides())
+        for name in ENGINE_KEYS:
+            setattr(self.generate, name, None)
 
 
 def register() -> None:

@@ -56,7 +56,7 @@ def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
             kept_key, kept, y = steps.synthesize_stage(ctx, teacher or model, t)  # distillation: the teacher samples
         kept_keys.append(kept_key)
         history.append(kept)
-        tracker.metrics({f"gen/{k}": v for k, v in y.items()}, step)
+        tracker.metrics(_flat(y, "gen/"), step)  # numbers only (the device is text)
         _save_samples(out / "samples" / f"iter{step}.jsonl", kept, tracker)
         data_key, rows = steps.trainset_stage(ctx, kept_keys, history)
         log.info("iteration %d: kept %d/%d samples (yield %.3f), %d/%d questions covered; training on %d",
@@ -80,7 +80,7 @@ def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
             tracker.metrics({f"importance/layer{n}": v for n, v in importance.items()}, step)
         with stage("sft", step):
             tuned, stats = steps.sft_stage(ctx, model, data_key, rows, t)
-        tracker.metrics({f"sft/{k}": v for k, v in stats.items()} | {"sft/rows": len(rows)}, step)
+        tracker.metrics(_flat(stats, "sft/") | {"sft/rows": len(rows)}, step)
         with stage("evaluate", step):
             stage.record(f"SFT {step}", "sft", step, steps.evaluate_stage(ctx, tuned))
         _link(out / f"sft{step}", tuned.path)

@@ -21,10 +21,15 @@ class ModelConfig:
     dtype: str = "float32"  # float32 | bfloat16 | float16
     trust_remote_code: bool = False  # off unless a model needs it
     threads: int = 0  # torch CPU threads; 0 = torch's default
+    device: str = "auto"  # where every stage runs the model: auto (the first GPU, else cpu) | cpu | cuda | cuda:1 | mps
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"model.dtype={self.dtype!r} is not one of {sorted(DTYPES)}")
+        try:
+            resolve_device(self.device)
+        except RuntimeError as err:
+            raise ValueError(f"model.device={self.device!r} is not a device torch knows ({err})") from None
         if self.source not in ("local", "hub"):
             raise ValueError(f"model.source={self.source!r} must be 'local' or 'hub'")
         if self.source == "local" and self.path != "???" and not os.path.isdir(self.path):
@@ -46,12 +51,25 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerFast:
     return tok
 
 
-def load_model(cfg: ModelConfig, path: str | None = None) -> PreTrainedModel:
+def resolve_device(name: str) -> torch.device:
+    """``auto``: the first GPU when there is one, else the CPU; any other name as torch reads it."""
+    if name == "auto":
+        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(name)
+
+
+def device_kind(name: str) -> str:
+    """cpu | cuda | mps ...: what changes the numbers a stage computes (the GPU's index does not)."""
+    return resolve_device(name).type
+
+
+def load_model(cfg: ModelConfig, path: str | None = None, dtype: str | None = None) -> PreTrainedModel:
+    """The model on ``cfg.device``, in ``dtype`` (default: its storage dtype ``cfg.dtype``)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model = AutoModelForCausalLM.from_pretrained(
-        path or cfg.path, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code)
-    return model.eval()
+        path or cfg.path, dtype=DTYPES[dtype or cfg.dtype], trust_remote_code=cfg.trust_remote_code)
+    return model.to(resolve_device(cfg.device)).eval()
 
 
 def weights(model: PreTrainedModel) -> dict[str, torch.Tensor]:
@@ -65,9 +83,3 @@ def weights(model: PreTrainedModel) -> dict[str, torch.Tensor]:
         out[name] = t.detach().clone()
     return out
 
-
-def set_weights(model: PreTrainedModel, state: dict[str, torch.Tensor]) -> None:
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = set(model.state_dict()) - set(state)
-    if unexpected or set(missing) - tied:
-        raise ValueError(f"weights do not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")

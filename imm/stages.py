@@ -23,7 +23,8 @@ from imm.evaluate import evaluate
 from imm.grading.filtering import keep_correct
 from imm.analysis.importance import layer_importance
 from imm.merge.engine import merge_checkpoints
-from imm.models import ModelConfig, load_model
+from imm.models import ModelConfig, device_kind, load_model
+from imm.sampling import ENGINE_KEYS
 from imm.store import StageStore, digest, read_json, read_jsonl, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -93,25 +94,74 @@ def _sample_hash(path: Path, chunks: int = 16, size: int = 1 << 16) -> str:
     return h.hexdigest()
 
 
-def data_key(ctx: Context, split: str) -> str:
-    d = asdict(ctx.cfg.dataset)
+def data_key(cfg: Config, split: str) -> str:
+    d = asdict(cfg.dataset)
     d.pop("n_test" if split == "train" else "n_train")
-    return digest({"dataset": d, "split": split, "prompt": ctx.cfg.prompt})
+    return digest({"dataset": d, "split": split, "prompt": cfg.prompt})
+
+
+# What each stage's key holds: every setting that changes its output, none that only changes speed.
+# The device enters as its kind (cpu / cuda / mps: other kernels, other rounding), not its index.
+
+def numerics(model: ModelConfig) -> dict:
+    """How the model's arithmetic runs: its dtype and the kind of device."""
+    return {"dtype": model.dtype, "device": device_kind(model.device)}
+
+
+def decoding(cfg: Config, model: ModelConfig, sampled: bool) -> dict:
+    """The engine settings that change decoded text. hf: the compiled path draws its numbers another
+    way, and a sampled run splits one random stream by batch, so the batch size matters there (0 =
+    auto, sized from memory); greedy text does not depend on the batch. vllm: the engine's own
+    batching and tensor parallelism leave the requests' seeded draws as they are."""
+    e = cfg.engine
+    if e.backend == "vllm":
+        return {"backend": "vllm", "dtype": model.dtype}
+    return {"backend": "hf", "compile": e.compile, **numerics(model)} | ({"batch_size": e.batch_size} if sampled else {})
+
+
+def evaluate_fields(cfg: Config, model: ModelRef) -> dict:
+    ev = asdict(cfg.eval)
+    if ev["temperature"] == 0 or cfg.engine.backend == "vllm":
+        ev.pop("batch_size")  # greedy: speed only; vllm: not used
+    model_cfg = cfg.teacher if model.teacher else cfg.model
+    # engine.batch_size is the sampling stage's; evaluation's own (eval.batch_size) is in ``ev`` when it counts
+    return {"model": model.key, "eval": ev, "tests": data_key(cfg, "test"), "engine": decoding(cfg, model_cfg, False)}
+
+
+def synthesize_fields(cfg: Config, model: ModelRef, t: int) -> dict:
+    g = {k: v for k, v in asdict(cfg.generate).items() if k not in ENGINE_KEYS}  # moved to engine
+    model_cfg = cfg.teacher if model.teacher else cfg.model
+    return {"model": model.key, "generate": g, "iteration": t, "train": data_key(cfg, "train"),
+            "engine": decoding(cfg, model_cfg, sampled=any(x > 0 for x in cfg.generate.temperatures))}
+
+
+def importance_fields(cfg: Config, model: ModelRef, data: str) -> dict:
+    return {"model": model.key, "data": data, **numerics(cfg.model)}
+
+
+def sft_fields(cfg: Config, model: ModelRef, data: str, t: int) -> dict:
+    """The SFT settings, the storage dtype (bf16/fp16: mixed precision), the device kind and the global
+    batch it comes to (on trl, the number of GPUs sets it unless sft.global_batch fixes it)."""
+    return {"model": model.key, "data": data, "sft": asdict(cfg.sft), "iteration": t, **numerics(cfg.model),
+            "global_batch": sft.global_batch(cfg.sft, cfg.model.device)}
 
 
 def evaluate_stage(ctx: Context, model: ModelRef) -> dict[str, float]:
-    key = ctx.store.key("evaluate", model=model.key, eval=asdict(ctx.cfg.eval), tests=data_key(ctx, "test"))
+    key = ctx.store.key("evaluate", **evaluate_fields(ctx.cfg, model))
 
     def compute(tmp: Path) -> None:
-        if ctx.cfg.generate.backend == "vllm":
+        engine = ctx.cfg.engine
+        if engine.backend == "vllm":
             from imm.sampling.vllm import complete_vllm
 
-            engine = functools.partial(complete_vllm, str(local_dir(model.path)), dtype=_model_cfg(ctx, model).dtype,
-                                       tensor_parallel_size=ctx.cfg.generate.tensor_parallel_size)
-            metrics = evaluate(None, ctx.tok, ctx.data, ctx.item_prompt, ctx.cfg.eval, complete_fn=engine)
+            log.info("evaluate on vllm (%d GPUs per engine)", engine.tensor_parallel_size)
+            run = functools.partial(complete_vllm, str(local_dir(model.path)), dtype=_model_cfg(ctx, model).dtype,
+                                    tensor_parallel_size=engine.tensor_parallel_size)
+            metrics = evaluate(None, ctx.tok, ctx.data, ctx.item_prompt, ctx.cfg.eval, complete_fn=run)
         else:
-            metrics = evaluate(ctx.load(model), ctx.tok, ctx.data, ctx.item_prompt, ctx.cfg.eval,
-                               compile=ctx.cfg.generate.compile)
+            net = ctx.load(model)
+            log.info("evaluate on %s", net.device)
+            metrics = evaluate(net, ctx.tok, ctx.data, ctx.item_prompt, ctx.cfg.eval, compile=engine.compile)
         write_json(tmp / "metrics.json", metrics)
 
     path, _ = ctx.store.get_or_compute("evaluate", key, compute)
@@ -120,25 +170,30 @@ def evaluate_stage(ctx: Context, model: ModelRef) -> dict[str, float]:
 
 def synthesize_stage(ctx: Context, model: ModelRef, t: int) -> tuple[str, list[dict], dict]:
     """Sample k solutions per training question and keep the correct ones: (key, kept rows, yield)."""
-    key = ctx.store.key("synthesize", model=model.key, generate=asdict(ctx.cfg.generate), iteration=t,
-                        train=data_key(ctx, "train"))
+    key = ctx.store.key("synthesize", **synthesize_fields(ctx.cfg, model, t))
 
     def compute(tmp: Path) -> None:
         prompts = [ctx.item_prompt(item) for item in ctx.data.train]
-        if ctx.cfg.generate.backend == "vllm":
+        engine = ctx.cfg.engine
+        if engine.backend == "vllm":
             from imm.sampling.vllm import synthesize_vllm
 
+            device = f"vllm ({engine.tensor_parallel_size} GPUs per engine)"
+            log.info("synthesize on %s", device)
             samples = synthesize_vllm(str(local_dir(model.path)), prompts, ctx.cfg.generate, t,
-                                      tensor_parallel_size=ctx.cfg.generate.tensor_parallel_size,
+                                      tensor_parallel_size=engine.tensor_parallel_size,
                                       dtype=_model_cfg(ctx, model).dtype)
         else:
             tok = ctx.teacher_tok if model.teacher else ctx.tok
-            samples = generate.synthesize(ctx.load(model), tok, prompts, ctx.cfg.generate, t)
+            net = ctx.load(model)
+            device = str(net.device)
+            log.info("synthesize on %s", device)
+            samples = generate.synthesize(net, tok, prompts, ctx.cfg.generate, t, engine)
         kept, y = keep_correct(ctx.data.train, samples, t)
         write_jsonl(tmp / "kept.jsonl", kept)
         write_json(tmp / "yield.json", {"sampled": y.sampled, "kept": y.kept, "questions": y.questions,
                                         "covered": y.covered, "yield": y.rate, "coverage": y.coverage,
-                                        "no_answer": y.no_answer, "timeouts": y.timeouts})
+                                        "no_answer": y.no_answer, "timeouts": y.timeouts, "device": device})
 
     path, _ = ctx.store.get_or_compute("synthesize", key, compute)
     return key, read_jsonl(path / "kept.jsonl"), read_json(path / "yield.json")
@@ -148,7 +203,7 @@ def trainset_stage(ctx: Context, kept_keys: list[str], history: list[list[dict]]
     m = ctx.cfg.method
     mode = methods.METHODS[m.name][0]
     recipe = {"mode": mode, "share": m.history_share if mode == "mixture" else None}
-    key = ctx.store.key("trainset", recipe=recipe, kept=kept_keys, seed=ctx.cfg.run.seed)
+    key = ctx.store.key("trainset", recipe=recipe, kept=kept_keys, seed=ctx.cfg.run.seed)  # CPU, exact
 
     def compute(tmp: Path) -> None:
         write_jsonl(tmp / "rows.jsonl", methods.build_trainset(m, history, ctx.cfg.run.seed))
@@ -158,21 +213,24 @@ def trainset_stage(ctx: Context, kept_keys: list[str], history: list[list[dict]]
 
 
 def importance_stage(ctx: Context, model: ModelRef, data: str, rows: list[dict]) -> dict[int, float]:
-    key = ctx.store.key("importance", model=model.key, data=data)
+    key = ctx.store.key("importance", **importance_fields(ctx.cfg, model, data))
 
     def compute(tmp: Path) -> None:
-        write_json(tmp / "importance.json", layer_importance(ctx.load(model), ctx.tok, rows, ctx.prompt))
+        net = ctx.load(model)
+        log.info("importance on %s", net.device)
+        write_json(tmp / "importance.json", layer_importance(net, ctx.tok, rows, ctx.prompt))
 
     path, _ = ctx.store.get_or_compute("importance", key, compute)
     return {int(k): v for k, v in read_json(path / "importance.json").items()}
 
 
 def sft_stage(ctx: Context, model: ModelRef, data: str, rows: list[dict], t: int) -> tuple[ModelRef, dict]:
-    key = ctx.store.key("sft", model=model.key, data=data, sft=asdict(ctx.cfg.sft), iteration=t)
+    key = ctx.store.key("sft", **sft_fields(ctx.cfg, model, data, t))
 
     def compute(tmp: Path):
         net, stats = sft.fine_tune(lambda: ctx.take(model), local_dir(model.path), ctx.tok, rows, ctx.prompt,
-                                   ctx.cfg.sft, t, tmp, ctx.cfg.model.dtype)
+                                   ctx.cfg.sft, t, tmp, ctx.cfg.model.dtype, ctx.cfg.model.device)
+        log.info("sft on %s (global batch %d)", stats["device"], stats["global_batch"])
         write_json(tmp / "stats.json", stats)
         return net
 
@@ -186,10 +244,12 @@ def sft_stage(ctx: Context, model: ModelRef, data: str, rows: list[dict], t: int
 def merge_stage(ctx: Context, base: ModelRef, prev: ModelRef, tuned: ModelRef, scales: dict[int, float] | None,
                 t: int) -> tuple[ModelRef, dict]:
     """θ_m = α·θ + (1−α)·(θ_prev + [scale·]DARE(θ_sft − θ_prev)), streamed over the safetensors files."""
+    # merged on the CPU, tensor by tensor from the files: no device or engine setting enters
     key = ctx.store.key("merge", base=base.key, prev=prev.key, sft=tuned.key, merge=asdict(ctx.cfg.merge),
                         iteration=t, scales=scales)
 
     def compute(tmp: Path) -> None:
+        log.info("merge on cpu (streamed tensor by tensor)")
         stats = merge_checkpoints(local_dir(base.path), local_dir(prev.path), tuned.path, tmp / "model",
                                   ctx.cfg.merge, t, scales)
         write_json(tmp / "stats.json", asdict(stats))

@@ -40,7 +40,7 @@ def importance_per_layer(model, examples: list[Example], pad_id: int, batch_size
     model.zero_grad(set_to_none=True)
     chunks = batches(examples, batch_size, random.Random(0))
     for idx in chunks:
-        ids, labels, mask = collate(examples, idx, pad_id)
+        ids, labels, mask = (t.to(model.device) for t in collate(examples, idx, pad_id))
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         (loss / len(chunks)).backward()  # the gradient of the dataset loss, one batch at a time
     scores: dict[int, float] = {}

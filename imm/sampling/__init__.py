@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -18,53 +18,68 @@ from tqdm.auto import tqdm
 from imm.grading.answers import STOP_STRINGS, cut_at_stop
 from imm.sampling.decode import decode
 from imm.sampling.decode_compiled import decode_static
+from imm.sampling.engine import BACKENDS, EngineConfig
 
-BACKENDS = ("hf", "vllm")
+ENGINE_KEYS = ("backend", "compile", "tensor_parallel_size", "batch_size")  # generate.<x>: the former names of engine.<x>
+
 MAX_ROWS = 512  # sequences decoded at once on CPU; more gives no speed, only memory
 WIDTH_STEP = 64  # compile=true: prompts are left-padded to a multiple of this many tokens
 
 
 @dataclass
 class GenerateConfig:
-    backend: str = "hf"  # hf: transformers model + imm's batched decoding | vllm: one engine per stage (GPU)
     k: int = 4  # samples per training question (paper: 3 for GSM8K, 6 for MATH)
     temperatures: List[float] = field(default_factory=lambda: [0.2, 0.4, 0.6])  # spread of the k samples
     top_p: float = 1.0  # nucleus sampling mass, (0, 1]
     max_new_tokens: int = 96  # longest sample, in tokens
-    batch_size: int = 0  # prompts per decoding call; 0 = chosen from the model's KV-cache size and memory
     seed: int = 0  # sampling seed (combined with the iteration)
-    tensor_parallel_size: int = 1  # vllm only: GPUs one engine spans
-    compile: bool = False  # hf only: static KV cache + compiled step (CUDA graphs on a GPU), rows stay in the batch
+    # Former names of engine.backend / engine.compile / engine.tensor_parallel_size / engine.batch_size,
+    # still read (Config moves them to engine); null = not given.
+    backend: Optional[str] = None
+    compile: Optional[bool] = None
+    tensor_parallel_size: Optional[int] = None
+    batch_size: Optional[int] = None
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"generate.backend={self.backend!r} is not one of {BACKENDS}")
         if self.k < 1:
             raise ValueError(f"generate.k={self.k} must be >= 1")
         if not self.temperatures or any(t < 0 for t in self.temperatures):
             raise ValueError(f"generate.temperatures={self.temperatures} must be a non-empty list of values >= 0")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"generate.top_p={self.top_p} must lie in (0, 1]")
-        if self.compile and self.backend != "hf":
-            raise ValueError("generate.compile applies to the hf backend (vllm captures its own CUDA graphs)")
-        if self.max_new_tokens < 1 or self.batch_size < 0:
-            raise ValueError("generate.max_new_tokens must be >= 1 and generate.batch_size >= 0")
+        if self.max_new_tokens < 1:
+            raise ValueError("generate.max_new_tokens must be >= 1")
+
+    def engine_overrides(self) -> dict:
+        """The engine settings given under their former generate.* names."""
+        return {k: getattr(self, k) for k in ENGINE_KEYS if getattr(self, k) is not None}
 
 
-def auto_batch_size(model, n: int, max_len: int) -> int:
-    """Prompts per call so that n samples each fit a quarter of free memory as KV cache."""
-    c = model.config
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    per_row = 2 * c.num_hidden_layers * c.num_key_value_heads * head_dim * max_len * model.dtype.itemsize
+KV_SHARE = 0.25  # share of free memory the KV cache of one decoding call may take
+GPU_MAX_ROWS = 4096
+
+
+def kv_bytes_per_token(config, itemsize: int) -> int:
+    """Bytes of KV cache one token of one sequence takes (keys and values, every layer)."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * itemsize
+
+
+def batch_for_memory(config, itemsize: int, n: int, max_tokens: int, free: int, cap: int) -> int:
+    """Prompts per call so that n samples of ``max_tokens`` tokens each fit KV_SHARE of ``free`` bytes."""
+    rows = max(1, min(cap, int(free * KV_SHARE // (kv_bytes_per_token(config, itemsize) * max_tokens))))
+    return max(1, rows // n)
+
+
+def auto_batch_size(model, n: int, max_tokens: int) -> int:
+    """Prompts per call for ``model``; ``max_tokens``: the longest prompt plus the new tokens, in tokens."""
     if model.device.type == "cuda":
-        free = torch.cuda.mem_get_info(model.device)[0]
-        cap = 4096
+        free, cap = torch.cuda.mem_get_info(model.device)[0], GPU_MAX_ROWS
     else:
         import psutil
 
         free, cap = psutil.virtual_memory().available, MAX_ROWS
-    rows = max(1, min(cap, int(free * 0.25 // per_row)))
-    return max(1, rows // n)
+    return batch_for_memory(model.config, model.dtype.itemsize, n, max_tokens, free, cap)
 
 
 def complete(model, tok, prompts: list[str], *, n: int = 1, temperatures: list[float] | float = 0.0,
@@ -80,9 +95,11 @@ def complete(model, tok, prompts: list[str], *, n: int = 1, temperatures: list[f
     tok.padding_side = "left"
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     width = None
+    if compile or not batch_size:  # the KV cache is sized in tokens, so the prompts are measured in tokens
+        width = max(map(len, tok(prompts, add_special_tokens=True)["input_ids"]))
     if compile:  # prompt length rounded up, so test sets of similar prompts share one compiled shape
-        width = -(-max(map(len, tok(prompts, add_special_tokens=True)["input_ids"])) // WIDTH_STEP) * WIDTH_STEP
-    size = batch_size or auto_batch_size(model, n, max_new_tokens + (width or max(len(p) for p in prompts)))
+        width = -(-width // WIDTH_STEP) * WIDTH_STEP
+    size = batch_size or auto_batch_size(model, n, max_new_tokens + width)
     gen = torch.Generator(device=model.device).manual_seed(seed)
     out: list[list[str]] = [[] for _ in prompts]
     new_tokens, start = 0, time.perf_counter()
@@ -92,7 +109,8 @@ def complete(model, tok, prompts: list[str], *, n: int = 1, temperatures: list[f
         batch = [prompts[i] for i in idx]
         if compile:  # same shape as every other batch: pad the last one with copies of its last prompt
             batch += batch[-1:] * (min(size, len(order)) - len(batch))
-        enc = tok(batch, return_tensors="pt", padding="max_length" if compile else True, max_length=width,
+        enc = tok(batch, return_tensors="pt", padding="max_length" if compile else True,
+                  max_length=width if compile else None,
                   return_token_type_ids=False)
         args = (model, tok, enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device))
         kw = dict(n=n, temps=temps, top_p=top_p, max_new_tokens=max_new_tokens, stops=stops)
@@ -108,10 +126,12 @@ def complete(model, tok, prompts: list[str], *, n: int = 1, temperatures: list[f
     return out
 
 
-def synthesize(model, tok, prompts: list[str], cfg: GenerateConfig, iteration: int) -> list[list[dict]]:
+def synthesize(model, tok, prompts: list[str], cfg: GenerateConfig, iteration: int,
+               engine: EngineConfig | None = None) -> list[list[dict]]:
     """k samples per prompt as [{"text", "temperature"}], sample i at temperatures[i % len]."""
+    engine = (engine or EngineConfig()).given(cfg.engine_overrides())
     temps = [cfg.temperatures[i % len(cfg.temperatures)] for i in range(cfg.k)]
     texts = complete(model, tok, prompts, n=cfg.k, temperatures=temps, top_p=cfg.top_p,
-                     max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                     seed=cfg.seed * 1_000_003 + iteration, desc=f"sample it{iteration + 1}", compile=cfg.compile)
+                     max_new_tokens=cfg.max_new_tokens, batch_size=engine.batch_size,
+                     seed=cfg.seed * 1_000_003 + iteration, desc=f"sample it{iteration + 1}", compile=engine.compile)
     return [[{"text": t, "temperature": temp} for t, temp in zip(group, temps)] for group in texts]

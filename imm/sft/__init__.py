@@ -14,48 +14,73 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from imm.models import DTYPES
 from imm.sft.config import SFTConfig
 from imm.sft.torch_loop import IGNORE, batches, collate, encode
 
-__all__ = ["IGNORE", "SFTConfig", "batches", "collate", "encode", "fine_tune", "train"]
+__all__ = ["IGNORE", "SFTConfig", "batches", "collate", "encode", "fine_tune", "global_batch", "processes", "train"]
 
 
-def train(model, tok, rows: list[dict], prompt_fn, cfg: SFTConfig, iteration: int) -> dict:
-    """Fine-tune ``model`` in place, in this process, with the configured trainer; returns its stats."""
+def train(model, tok, rows: list[dict], prompt_fn, cfg: SFTConfig, iteration: int,
+          amp: str | None = None) -> dict:
+    """Fine-tune ``model`` in place, in this process, with the configured trainer; returns its stats.
+
+    ``amp``: bfloat16 | float16 computes under autocast in that dtype (the model's weights, the master
+    copy, are left in their own dtype: fp32 for mixed precision); None computes in the weights' dtype."""
     if cfg.backend == "trl":
-        import torch
-
         from imm.sft.trl_trainer import train_trl
 
         return train_trl(model, tok, rows, prompt_fn, cfg, iteration, deepspeed=cfg.deepspeed,
-                         bf16=next(model.parameters()).dtype == torch.bfloat16)
+                         bf16=amp == "bfloat16", fp16=amp == "float16")
+    import torch
+
     from imm.sft.torch_loop import train as train_torch
 
-    return train_torch(model, tok, rows, prompt_fn, cfg, iteration)
+    return train_torch(model, tok, rows, prompt_fn, cfg, iteration, amp=getattr(torch, amp) if amp else None)
 
 
 def fine_tune(load: Callable[[], object], model_dir: Path, tok, rows: list[dict], prompt_fn, cfg: SFTConfig,
-              iteration: int, out: Path, dtype: str) -> tuple[object | None, dict]:
-    """Train and write the model to ``out``; returns (the trained model if it is in this process, stats).
+              iteration: int, out: Path, dtype: str, device: str = "auto") -> tuple[object | None, dict]:
+    """Train and write the model to ``out`` in ``dtype``; returns (the trained model if it is in this
+    process, stats).
 
     ``load`` gives the model to train in place; it is not called when training runs in other
-    processes (trl on several GPUs: rank 0 writes the model itself)."""
-    gpus = _gpus()
-    if cfg.backend == "trl" and gpus > 1:
+    processes (trl on several GPUs: rank 0 writes the model itself). A bf16/fp16 ``dtype`` trains
+    in mixed precision: fp32 master weights, autocast compute, the checkpoint stored in ``dtype``.
+    ``device`` auto or cuda (no index) lets trl spread over every visible GPU; cuda:N keeps one."""
+    gpus = processes(cfg, device)
+    if gpus > 1:
         from imm.sft.trl_trainer import launch
 
+        cfg.accumulation(gpus)  # a global batch that does not split over the GPUs fails before the launch
         stats = launch(str(model_dir), rows, prompt_fn, cfg, iteration, str(out), nproc=gpus,
                        deepspeed=cfg.deepspeed, dtype=dtype)
         tok.save_pretrained(out / "model")
         return None, stats
-    model = load()
-    stats = train(model, tok, rows, prompt_fn, cfg, iteration)
-    model.save_pretrained(out / "model")
+    model = master_weights(load())
+    stats = train(model, tok, rows, prompt_fn, cfg, iteration, amp=None if dtype == "float32" else dtype)
+    model.to(DTYPES[dtype]).save_pretrained(out / "model")
     tok.save_pretrained(out / "model")
     return model, stats
 
 
-def _gpus() -> int:
+def master_weights(model):
+    """The model in fp32, in place (a no-op for an fp32 model): the optimizer updates these weights."""
     import torch
 
-    return torch.cuda.device_count()
+    return model.to(torch.float32)
+
+
+def processes(cfg: SFTConfig, device: str) -> int:
+    """Trainer processes SFT runs in: one per visible GPU for trl on ``auto``/``cuda``, else one."""
+    if cfg.backend != "trl" or device not in ("auto", "cuda"):
+        return 1
+    import torch
+
+    return max(1, torch.cuda.device_count())
+
+
+def global_batch(cfg: SFTConfig, device: str) -> int:
+    """Sequences per optimizer step over all processes (what changes the result, not how it is split)."""
+    n = processes(cfg, device)
+    return cfg.batch_size * cfg.accumulation(n) * n

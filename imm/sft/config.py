@@ -13,7 +13,8 @@ class SFTConfig:
     epochs: int = 6  # passes over the iteration's training set (paper: 3 at LLM scale)
     lr: float = 1e-3  # peak learning rate (paper: 2e-5 at LLM scale)
     batch_size: int = 16  # sequences per optimizer micro-batch (paper: 4 per device)
-    grad_accum: int = 1  # micro-batches per optimizer step (paper: 4)
+    grad_accum: int = 1  # micro-batches per optimizer step; derived instead when global_batch is set
+    global_batch: int = 0  # sequences per optimizer step over all processes (paper: 128); 0 = batch_size × grad_accum × processes
     warmup_ratio: float = 0.03  # share of steps with linear warm-up (paper: 0.03)
     weight_decay: float = 0.0  # AdamW weight decay
     max_grad_norm: float = 1.0  # gradient clipping; 0 disables
@@ -26,6 +27,10 @@ class SFTConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("sft.epochs, sft.batch_size and sft.grad_accum must be >= 1")
+        if self.global_batch < 0 or self.global_batch % self.batch_size:
+            raise ValueError(f"sft.global_batch={self.global_batch} must be a multiple of sft.batch_size={self.batch_size}")
+        if self.global_batch and self.grad_accum != 1:
+            raise ValueError("set sft.global_batch or sft.grad_accum, not both (the accumulation follows from the global batch)")
         if not self.lr > 0:
             raise ValueError(f"sft.lr={self.lr} must be > 0")
         if not 0 <= self.warmup_ratio < 1:
@@ -40,3 +45,13 @@ class SFTConfig:
             raise ValueError(f"sft.intervention_value={self.intervention_value} must lie in [0, 1) for weight_mask")
         if self.deepspeed and self.backend != "trl":
             raise ValueError("sft.deepspeed needs sft.backend=trl")
+
+    def accumulation(self, processes: int = 1) -> int:
+        """Micro-batches per optimizer step when ``processes`` trainers each take ``batch_size`` sequences."""
+        if not self.global_batch:
+            return self.grad_accum
+        per_pass = self.batch_size * processes
+        if self.global_batch % per_pass:
+            raise ValueError(f"sft.global_batch={self.global_batch} is not a multiple of sft.batch_size × processes "
+                             f"= {self.batch_size} × {processes}")
+        return self.global_batch // per_pass

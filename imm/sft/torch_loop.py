@@ -2,6 +2,11 @@
 
 The loss covers the response tokens only (prompt and padding are labelled -100). Batches are
 grouped by length (sorted chunks, shuffled order), so little compute goes into padding.
+
+Mixed precision as the paper trains: the caller hands an fp32 model (the master weights) and
+``amp=torch.bfloat16`` (or float16); the forward and backward run under autocast in that dtype and
+AdamW updates the fp32 weights. Updating bf16 weights directly would lose most small steps: at lr
+2e-5 an update is below half a bf16 ulp of most weights and rounds away.
 """
 
 from __future__ import annotations
@@ -46,14 +51,21 @@ def collate(examples, idx, pad_id: int):
     return ids, labels, mask
 
 
-def train(model, tok, rows: list[dict], prompt_fn, cfg: SFTConfig, iteration: int) -> dict:
-    """Fine-tune ``model`` in place on rows {question, response}; returns loss and throughput stats."""
+def train(model, tok, rows: list[dict], prompt_fn, cfg: SFTConfig, iteration: int,
+          amp: torch.dtype | None = None) -> dict:
+    """Fine-tune ``model`` in place on rows {question, response}; returns loss and throughput stats.
+
+    ``amp``: compute dtype under autocast (bf16 / fp16) while the model's own weights stay as they are."""
     examples = [encode(tok, prompt_fn(r["question"]), r["response"]) for r in rows]
     rng = random.Random(cfg.seed * 1_000_003 + iteration)
     torch.manual_seed(cfg.seed * 1_000_003 + iteration)
-    steps_per_epoch = math.ceil(math.ceil(len(examples) / cfg.batch_size) / cfg.grad_accum)
+    accum = cfg.accumulation(1)  # one process
+    steps_per_epoch = math.ceil(math.ceil(len(examples) / cfg.batch_size) / accum)
     total = steps_per_epoch * cfg.epochs
-    fused = {"fused": True} if next(model.parameters()).is_cuda else {}  # one kernel per step on a GPU
+    device = model.device
+    fused = {"fused": True} if device.type == "cuda" else {}  # one kernel per step on a GPU
+    # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
     how, val = cfg.intervention, interventions.value(cfg.intervention, cfg.intervention_value)
@@ -65,19 +77,22 @@ def train(model, tok, rows: list[dict], prompt_fn, cfg: SFTConfig, iteration: in
     for epoch in range(cfg.epochs):
         chunks = batches(examples, cfg.batch_size, rng)
         for b, idx in enumerate(chunks):
-            ids, labels, mask = (t.to(model.device) for t in collate(examples, idx, tok.pad_token_id))
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            ids, labels, mask = (t.to(device) for t in collate(examples, idx, tok.pad_token_id))
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"SFT loss became {loss.item()} at iteration {iteration}, "
                                          f"epoch {epoch}, batch {b}: lower sft.lr or check the data")
-            (loss / cfg.grad_accum).backward()
+            scaler.scale(loss / accum).backward()
             losses.append(loss.item())
             tokens += int(mask.sum())
             padded += mask.numel()
-            if (b + 1) % cfg.grad_accum == 0 or b + 1 == len(chunks):
+            if (b + 1) % accum == 0 or b + 1 == len(chunks):
+                scaler.unscale_(opt)
                 if max_norm:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-                opt.step()
+                scaler.step(opt)
+                scaler.update()
                 sched.step()
                 interventions.decay_step_size(opt, how, val, epoch)
                 opt.zero_grad(set_to_none=True)
@@ -88,4 +103,5 @@ def train(model, tok, rows: list[dict], prompt_fn, cfg: SFTConfig, iteration: in
     model.eval()
     last = losses[-max(1, len(losses) // cfg.epochs):]
     return {"loss": sum(last) / len(last), "first_loss": losses[0], "steps": total,
-            "tokens_per_s": tokens / (time.perf_counter() - start), "pad_share": 1 - tokens / max(padded, 1), "kept_share": kept}
+            "tokens_per_s": tokens / (time.perf_counter() - start), "pad_share": 1 - tokens / max(padded, 1),
+            "kept_share": kept, "global_batch": cfg.batch_size * accum, "device": str(device)}

@@ -81,7 +81,13 @@ def to_dataset(rows: list[dict], prompt_fn):
                               for r in rows])
 
 
-def trainer_args(cfg: SFTConfig, iteration: int, output_dir: str, deepspeed: str | None, bf16: bool):
+def processes() -> int:
+    """Trainer processes of this run (torchrun sets WORLD_SIZE; 1 in the loop's own process)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def trainer_args(cfg: SFTConfig, iteration: int, output_dir: str, deepspeed: str | None, bf16: bool,
+                 fp16: bool = False, use_cpu: bool | None = None):
     from trl import SFTConfig as TRLConfig
 
     seed = cfg.seed * 1_000_003 + iteration
@@ -90,15 +96,16 @@ def trainer_args(cfg: SFTConfig, iteration: int, output_dir: str, deepspeed: str
         num_train_epochs=cfg.epochs,
         learning_rate=cfg.lr,
         per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
+        gradient_accumulation_steps=cfg.accumulation(processes()),
         warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a share of the optimizer steps
         lr_scheduler_type="linear",  # linear decay after warm-up, as imm.sft.torch_loop
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,  # 0 disables clipping in both backends
         seed=seed,
         data_seed=seed,
-        bf16=bf16,  # TRL would default to bf16 when fp16 is off; the caller decides
-        use_cpu=not torch.cuda.is_available(),  # bf16 on CPU is refused without it
+        bf16=bf16,  # autocast over fp32 weights; TRL would default to bf16 when fp16 is off, the caller decides
+        fp16=fp16,
+        use_cpu=not torch.cuda.is_available() if use_cpu is None else use_cpu,  # bf16 on CPU is refused without it
         activation_checkpointing=False,  # TRL turns it on by default; the torch backend does not use it
         completion_only_loss=True,  # labels -100 on the prompt, like imm.sft.torch_loop.encode
         max_length=None,  # no truncation, like the torch backend
@@ -136,15 +143,22 @@ def gather_zero3(engine, model, dtypes: dict[str, torch.dtype]) -> None:
 
 
 def train_trl(model, tok, rows: list[dict], prompt_fn, cfg: SFTConfig, iteration: int,
-              deepspeed: str | None = None, bf16: bool = False) -> dict:
-    """Fine-tune ``model`` in place with TRL's SFTTrainer; returns the stats of ``imm.sft.torch_loop.train``."""
+              deepspeed: str | None = None, bf16: bool = False, fp16: bool = False) -> dict:
+    """Fine-tune ``model`` in place with TRL's SFTTrainer; returns the stats of ``imm.sft.torch_loop.train``.
+
+    ``bf16``/``fp16``: mixed precision over the model's own (fp32) weights, as the Trainer does it. The
+    model is trained on the device it is on (one process) and is left there."""
     from trl import SFTTrainer
 
     deepspeed = resolve(deepspeed) if deepspeed else None
     dtypes = {name: p.dtype for name, p in model.named_parameters()}
+    device = model.device
     watch = FiniteLoss(iteration)
-    with tempfile.TemporaryDirectory(prefix="imm-sft-") as out:
-        trainer = SFTTrainer(model=model, args=trainer_args(cfg, iteration, out, deepspeed, bf16),
+    with tempfile.TemporaryDirectory(prefix="imm-sft-") as out, _current_gpu(device):
+        # the loop's process trains where the model is; a launch's workers load on the CPU, train on their GPU
+        use_cpu = device.type == "cpu" if processes() == 1 else not torch.cuda.is_available()
+        args = trainer_args(cfg, iteration, out, deepspeed, bf16, fp16, use_cpu=use_cpu)
+        trainer = SFTTrainer(model=model, args=args,
                              train_dataset=to_dataset(rows, prompt_fn), processing_class=tok, callbacks=[watch])
         trainer.remove_callback(PrinterCallback)  # one dict per step on stdout; the stats carry the losses
         counter = CountingCollator(trainer.data_collator)
@@ -157,13 +171,23 @@ def train_trl(model, tok, rows: list[dict], prompt_fn, cfg: SFTConfig, iteration
         else:
             for name, p in model.named_parameters():  # the caller gets its dtype back whatever the Trainer did
                 p.data = p.data.to(dtypes[name])
+    if processes() == 1:
+        model.to(device)  # where the caller placed it, whatever device the Trainer chose
     model.eval()
     if not watch.losses:
         raise RuntimeError("the trainer logged no loss: is the training set empty?")
     last_epoch = watch.losses[-max(1, len(watch.losses) // cfg.epochs):]
     return {"loss": sum(last_epoch) / len(last_epoch), "first_loss": watch.losses[0],
             "steps": trainer.state.global_step, "tokens_per_s": counter.tokens / took,
-            "pad_share": 1 - counter.tokens / max(counter.padded, 1)}
+            "pad_share": 1 - counter.tokens / max(counter.padded, 1),
+            "global_batch": cfg.batch_size * args.gradient_accumulation_steps * processes(), "device": str(device if processes() == 1 else args.device)}
+
+
+def _current_gpu(device: torch.device):
+    """The Trainer places the model on the current GPU: make that the configured one (cuda:1 ...)."""
+    import contextlib
+
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def resolve(path: str) -> str:
@@ -200,7 +224,7 @@ def launch(model_dir: str, rows: list[dict], prompt_fn, cfg: SFTConfig, iteratio
 
 def main(argv=None) -> None:
     """One worker of ``launch`` (torchrun sets RANK, WORLD_SIZE, MASTER_ADDR/PORT)."""
-    from imm.models import ModelConfig, load_model, load_tokenizer
+    from imm.models import DTYPES, ModelConfig, load_model, load_tokenizer
 
     ap = argparse.ArgumentParser(description="one SFT worker process; see imm.sft.trl_trainer.launch")
     ap.add_argument("--model", required=True, help="model folder to fine-tune")
@@ -208,16 +232,19 @@ def main(argv=None) -> None:
     ap.add_argument("--sft", required=True, help="json of imm.sft.config.SFTConfig fields")
     ap.add_argument("--out", required=True, help="rank 0 writes model/ and stats.json here")
     ap.add_argument("--iteration", type=int, default=0)
-    ap.add_argument("--dtype", default="bfloat16", help="weights dtype; bfloat16 also trains in bf16")
+    ap.add_argument("--dtype", default="bfloat16", help="checkpoint dtype; bfloat16/float16 train in mixed "
+                                                       "precision over fp32 master weights")
     ap.add_argument("--deepspeed", default=None, help="DeepSpeed JSON, e.g. conf/deepspeed/zero3.json")
     args = ap.parse_args(argv)
     cfg = SFTConfig(**json.loads(Path(args.sft).read_text()))
     rows = [json.loads(line) for line in Path(args.rows).read_text().splitlines() if line.strip()]
-    model, tok = load_model(ModelConfig(path=args.model, dtype=args.dtype)), load_tokenizer(args.model)
+    # fp32 master weights on the CPU; the Trainer (DeepSpeed) places them on this rank's GPU
+    model = load_model(ModelConfig(path=args.model, device="cpu"), dtype="float32")
+    tok = load_tokenizer(args.model)
     stats = train_trl(model, tok, rows, lambda prompt: prompt, cfg, args.iteration, deepspeed=args.deepspeed,
-                      bf16=args.dtype == "bfloat16")
+                      bf16=args.dtype == "bfloat16", fp16=args.dtype == "float16")
     if int(os.environ.get("RANK", "0")) == 0:
-        model.save_pretrained(Path(args.out) / "model")
+        model.to(DTYPES[args.dtype]).save_pretrained(Path(args.out) / "model")
         tok.save_pretrained(Path(args.out) / "model")
         (Path(args.out) / "stats.json").write_text(json.dumps(stats))
 

@@ -169,8 +169,38 @@ def test_compiled_static_path_matches_row_dropping_loop(model_tok):
 
 
 def test_compile_is_for_the_hf_backend():
+    from imm.sampling.engine import EngineConfig
+
     with pytest.raises(ValueError, match="compile"):
-        GenerateConfig(backend="vllm", compile=True)
+        EngineConfig(backend="vllm", compile=True)
+
+
+def test_auto_batch_size_is_sized_in_tokens(model_tok, monkeypatch):
+    """The KV cache holds tokens: the longest prompt enters in tokens, not characters."""
+    import imm.sampling
+
+    model, tok = model_tok
+    asked = []
+    monkeypatch.setattr(imm.sampling, "auto_batch_size", lambda m, n, max_tokens: asked.append(max_tokens) or 4)
+    ps = prompts(6)
+    complete(model, tok, ps, max_new_tokens=10)
+    longest = max(len(tok(p)["input_ids"]) for p in ps)
+    assert asked == [longest + 10] and longest < max(map(len, ps))
+
+
+def test_batch_for_memory_on_a_paper_shaped_model():
+    """Qwen2.5-0.5B's shape in bf16: 12 KiB of KV cache a token; 768 tokens × 4 samples in 20 GB."""
+    from transformers import Qwen2Config
+
+    from imm.sampling import batch_for_memory, kv_bytes_per_token
+
+    c = Qwen2Config(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                    intermediate_size=4864, vocab_size=151936)
+    assert kv_bytes_per_token(c, 2) == 2 * 24 * 2 * 64 * 2
+    free = 80 * 10**9
+    rows = int(free * 0.25 // (12288 * 768))
+    assert batch_for_memory(c, 2, 4, 768, free, 4096) == rows // 4
+    assert batch_for_memory(c, 2, 4, 768, free, 64) == 16  # the cap bounds the rows, not the prompts
 
 
 def test_sample_next_known_hot_rows_draw_the_same():

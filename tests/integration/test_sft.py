@@ -86,3 +86,77 @@ def test_intervention_config_checks():
         sft.SFTConfig(intervention="dropout")
     with pytest.raises(ValueError, match="needs sft.backend=torch"):
         sft.SFTConfig(intervention="grad_clip", backend="trl")
+
+
+def one_step(tiny_model, tok, amp=None, weights_dtype="float32"):
+    """Weights before and after one AdamW step at the paper's lr 2e-5 on a bf16 checkpoint's values."""
+    import torch
+
+    from imm.models import weights
+
+    model = load_model(ModelConfig(path=str(tiny_model), dtype="bfloat16")).to(getattr(torch, weights_dtype))
+    before = {k: v.float() for k, v in weights(model).items()}
+    cfg = sft.SFTConfig(epochs=1, lr=2e-5, batch_size=16, warmup_ratio=0.0)
+    sft.train(model, tok, rows(16), problems.format_prompt, cfg, 0, amp=amp)
+    return before, {k: v.float() for k, v in weights(model).items()}
+
+
+def update_error(tiny_model, tok, **how) -> tuple[float, float]:
+    """(share of weights the step changed, relative error of the update vs the fp32 reference step)."""
+    import torch
+
+    before, ref = one_step(tiny_model, tok)  # fp32 weights, fp32 compute
+    before_b, after = one_step(tiny_model, tok, **how)
+    assert all(torch.equal(before[k], before_b[k]) for k in before)
+    d_ref = torch.cat([(ref[k] - before[k]).flatten() for k in before])
+    d = torch.cat([(after[k] - before[k]).flatten() for k in before])
+    return float((d != 0).float().mean()), float((d - d_ref).norm() / d_ref.norm())
+
+
+def test_mixed_precision_step_moves_weights_as_fp32_does(model_tok, tiny_model):
+    """fp32 master weights under bf16 autocast take the fp32 step (within 10%: the bf16 forward changes
+    the gradient a little); bf16 weights updated in place lose most of it to rounding."""
+    tok = model_tok[1]
+    changed, err = update_error(tiny_model, tok, amp="bfloat16")
+    naive_changed, naive_err = update_error(tiny_model, tok, weights_dtype="bfloat16")
+    print(f"\nbf16 weights updated directly: {naive_changed:.1%} of weights changed, relative error {naive_err:.3f}"
+          f"\nfp32 master + bf16 autocast:   {changed:.1%} of weights changed, relative error {err:.3f}")
+    assert changed > 0.95 and err < 0.1
+    assert naive_err > 0.5  # what the mixed precision is for
+
+
+def test_fine_tune_stores_the_checkpoint_dtype_and_trains_fp32(tiny_model, model_tok, tmp_path):
+    import torch
+
+    tok = model_tok[1]
+    cfg = ModelConfig(path=str(tiny_model), dtype="bfloat16", device="cpu")
+    seen = []
+    real_train = sft.train
+
+    def spy(model, *a, **kw):
+        seen.append((next(model.parameters()).dtype, kw.get("amp")))
+        return real_train(model, *a, **kw)
+
+    sft.train = spy
+    try:
+        net, stats = sft.fine_tune(lambda: load_model(cfg), tiny_model, tok, rows(16), problems.format_prompt,
+                                   sft.SFTConfig(epochs=1, lr=2e-5, batch_size=8), 0, tmp_path, "bfloat16", "cpu")
+    finally:
+        sft.train = real_train
+    assert seen == [(torch.float32, "bfloat16")]
+    assert next(net.parameters()).dtype == torch.bfloat16 and stats["device"] == "cpu"
+    assert next(load_model(cfg, str(tmp_path / "model")).parameters()).dtype == torch.bfloat16
+
+
+def test_global_batch_sets_the_accumulation():
+    cfg = sft.SFTConfig(batch_size=4, global_batch=128)
+    assert (cfg.accumulation(1), cfg.accumulation(8), sft.SFTConfig(grad_accum=3).accumulation(8)) == (32, 4, 3)
+    with pytest.raises(ValueError, match="not a multiple"):
+        cfg.accumulation(3)
+
+
+def test_global_batch_in_the_stats(model_tok):
+    model, tok = model_tok
+    stats = sft.train(model, tok, rows(32), problems.format_prompt, sft.SFTConfig(epochs=1, batch_size=4,
+                                                                                   global_batch=16), 0)
+    assert stats["global_batch"] == 16 and stats["steps"] == 2 and stats["device"] == "cpu"

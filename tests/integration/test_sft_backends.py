@@ -87,10 +87,11 @@ def test_trl_nan_loss_raises(model_tok):
 
 def test_deepspeed_sft_config_holds_the_paper_values():
     yaml = OmegaConf.load(os.path.join(ROOT, "conf", "sft", "deepspeed_zero3.yaml"))
-    assert (yaml.epochs, yaml.lr, yaml.batch_size, yaml.grad_accum, yaml.warmup_ratio) == (3, 2e-5, 4, 4, 0.03)
+    assert (yaml.epochs, yaml.lr, yaml.batch_size, yaml.global_batch, yaml.warmup_ratio) == (3, 2e-5, 4, 128, 0.03)
     assert yaml.backend == "trl" and os.path.isfile(os.path.join(ROOT, yaml.deepspeed))
     known = {f.name for f in dataclasses.fields(sft.SFTConfig)}
-    sft.SFTConfig(**{k: v for k, v in OmegaConf.to_container(yaml).items() if k in known and k != "seed"})
+    cfg = sft.SFTConfig(**{k: v for k, v in OmegaConf.to_container(yaml).items() if k in known and k != "seed"})
+    assert cfg.accumulation(8) == 4 and cfg.accumulation(1) == 32  # the paper's 4 × 4 × 8 GPUs = 128
     ds = json.load(open(ZERO3))
     assert ds["zero_optimization"]["stage"] == 3 and "offload_optimizer" not in ds["zero_optimization"]
     # hyperparameters come from SFTConfig through the Trainer, never from the JSON

@@ -1,0 +1,33 @@
+"""How the model is run when it samples or is evaluated, apart from what is sampled.
+
+``engine.*`` holds the settings of the machinery (backend, compiled step, GPUs per vLLM engine,
+batch size); ``generate.*`` what is drawn (k, temperatures, top-p, length, seed) and ``model.device``
+where. The stage keys (imm/stages.py) take from here only what changes a result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+BACKENDS = ("hf", "vllm")
+
+
+@dataclass
+class EngineConfig:
+    backend: str = "hf"  # hf: transformers model + imm's batched decoding | vllm: one engine per stage (GPU)
+    compile: bool = False  # hf only: static KV cache + compiled step (CUDA graphs on a GPU), rows stay in the batch
+    tensor_parallel_size: int = 1  # vllm only: GPUs one engine spans
+    batch_size: int = 0  # hf sampling: prompts per decoding call; 0 = chosen from the KV-cache size and memory
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"engine.backend={self.backend!r} is not one of {BACKENDS}")
+        if self.compile and self.backend != "hf":
+            raise ValueError("engine.compile applies to the hf backend (vllm captures its own CUDA graphs)")
+        if self.batch_size < 0 or self.tensor_parallel_size < 1:
+            raise ValueError("engine.batch_size must be >= 0 and engine.tensor_parallel_size >= 1")
+
+    def given(self, overrides: dict) -> "EngineConfig":
+        """These settings with ``overrides`` (the former generate.* names) applied, validated again."""
+        return dataclasses.replace(self, **overrides) if overrides else self

@@ -1,0 +1,106 @@
+"""Stage keys: a setting that changes a stage's output changes its key; one that only changes speed does not."""
+
+import dataclasses
+
+import pytest
+
+from imm import stages
+from imm.config import Config
+from imm.evaluate import EvalConfig
+from imm.models import ModelConfig
+from imm.sampling import GenerateConfig
+from imm.sampling.engine import EngineConfig
+from imm.sft.config import SFTConfig
+from imm.store import digest
+
+REF = stages.ModelRef("model-key", stages.Path("unused"))
+
+
+def cfg(**parts) -> Config:
+    """The default config with some parts replaced (model, engine, generate, eval, sft) field by field."""
+    base = Config()
+    base.model = dataclasses.replace(base.model, device="cpu")
+    for name, fields in parts.items():
+        setattr(base, name, dataclasses.replace(getattr(base, name), **fields))
+    return base
+
+
+KEYS = {
+    "synthesize": lambda c: digest(stages.synthesize_fields(c, REF, 0)),
+    "evaluate": lambda c: digest(stages.evaluate_fields(c, REF)),
+    "importance": lambda c: digest(stages.importance_fields(c, REF, "data")),
+    "sft": lambda c: digest(stages.sft_fields(c, REF, "data", 0)),
+}
+
+CHANGES_RESULT = {
+    "synthesize": [dict(generate=dict(temperatures=[0.5])), dict(generate=dict(max_new_tokens=7)),
+                   dict(engine=dict(compile=True)), dict(engine=dict(backend="vllm")),
+                   dict(engine=dict(batch_size=8)),  # hf sampling splits one random stream by batch
+                   dict(model=dict(dtype="bfloat16")), dict(model=dict(device="cuda"))],
+    "evaluate": [dict(engine=dict(backend="vllm")), dict(engine=dict(compile=True)),
+                 dict(model=dict(dtype="bfloat16")), dict(model=dict(device="cuda")),
+                 dict(eval=dict(max_new_tokens=7))],
+    "importance": [dict(model=dict(dtype="bfloat16")), dict(model=dict(device="cuda"))],
+    "sft": [dict(sft=dict(lr=1e-4)), dict(sft=dict(batch_size=8)), dict(sft=dict(backend="trl")),
+            dict(model=dict(dtype="bfloat16")), dict(model=dict(device="cuda"))],
+}
+
+SPEED_ONLY = {
+    "synthesize": [dict(engine=dict(tensor_parallel_size=4)), dict(model=dict(device="cpu:1"))],  # kind, not index
+    "evaluate": [dict(engine=dict(tensor_parallel_size=4)), dict(engine=dict(batch_size=8)),
+                 dict(eval=dict(batch_size=8)),  # greedy: the batch changes only the speed
+                 dict(generate=dict(temperatures=[0.9]))],
+    "importance": [dict(engine=dict(compile=True)), dict(generate=dict(k=9)), dict(sft=dict(lr=1.0))],
+    "sft": [dict(engine=dict(compile=True, batch_size=8)), dict(engine=dict(tensor_parallel_size=4)),
+            dict(generate=dict(k=9)), dict(eval=dict(max_new_tokens=7))],
+}
+
+
+@pytest.mark.parametrize("stage,change", [(s, c) for s, cs in CHANGES_RESULT.items() for c in cs])
+def test_a_setting_that_changes_the_result_changes_the_key(stage, change):
+    assert KEYS[stage](cfg(**change)) != KEYS[stage](cfg())
+
+
+@pytest.mark.parametrize("stage,change", [(s, c) for s, cs in SPEED_ONLY.items() for c in cs])
+def test_a_setting_that_changes_only_speed_keeps_the_key(stage, change):
+    assert KEYS[stage](cfg(**change)) == KEYS[stage](cfg())
+
+
+def test_vllm_sampling_ignores_the_hf_batch_size_and_sampled_eval_keeps_it():
+    vllm = dict(backend="vllm")
+    assert KEYS["synthesize"](cfg(engine=vllm | dict(batch_size=8))) == KEYS["synthesize"](cfg(engine=vllm))
+    hot = dict(n=4, temperature=0.7, ks=[1, 4])
+    assert KEYS["evaluate"](cfg(eval=hot | dict(batch_size=8))) != KEYS["evaluate"](cfg(eval=hot))
+    assert KEYS["evaluate"](cfg(eval=hot, engine=dict(batch_size=8))) == KEYS["evaluate"](cfg(eval=hot))
+    for key in KEYS.values():  # which GPU it runs on changes nothing
+        assert key(cfg(model=dict(device="cuda:0"))) == key(cfg(model=dict(device="cuda:1")))
+
+
+def test_the_same_global_batch_split_otherwise_is_one_sft_key():
+    """The paper's global batch is the setting; how many processes share it is not."""
+    a = cfg(sft=dict(batch_size=4, grad_accum=4))
+    b = cfg(sft=dict(batch_size=4, grad_accum=2))
+    assert KEYS["sft"](a) != KEYS["sft"](b)
+    assert stages.sft_fields(cfg(sft=dict(batch_size=4, global_batch=128)), REF, "d", 0)["global_batch"] == 128
+
+
+def test_former_generate_names_set_the_engine():
+    c = Config(generate=GenerateConfig(backend="vllm", tensor_parallel_size=2, batch_size=3))
+    assert (c.engine.backend, c.engine.tensor_parallel_size, c.engine.batch_size) == ("vllm", 2, 3)
+    assert c.generate.engine_overrides() == {}  # one place holds each setting
+    assert KEYS["synthesize"](c) == KEYS["synthesize"](
+        cfg(engine=dict(backend="vllm", tensor_parallel_size=2, batch_size=3)))
+    with pytest.raises(ValueError, match="compile"):
+        Config(generate=GenerateConfig(backend="vllm", compile=True))
+
+
+def test_engine_and_configs_reject_bad_values():
+    with pytest.raises(ValueError, match="compile"):
+        EngineConfig(backend="vllm", compile=True)
+    with pytest.raises(ValueError, match="model.device"):
+        ModelConfig(device="gpu0")
+    with pytest.raises(ValueError, match="global_batch"):
+        SFTConfig(batch_size=4, global_batch=130)
+    with pytest.raises(ValueError, match="not both"):
+        SFTConfig(batch_size=4, global_batch=128, grad_accum=4)
+    assert EvalConfig().batch_size == 0
