@@ -66,7 +66,8 @@ def main(dcfg: DictConfig) -> float:
         print(f"dry run: config valid, written to {out / 'config.yaml'}")
         return float("nan")
 
-    store = StageStore(Path(cfg.stages.root), salt="" if cfg.stages.share else key)
+    store = StageStore(Path(cfg.stages.root), salt="" if cfg.stages.share else key,
+                       lock_stale_s=cfg.stages.lock_stale_s)
     tracker = Tracker(cfg.tracking)
     name = cfg.tracking.run_name or f"{cfg.method.name}-a{cfg.merge.alpha}-p{cfg.merge.p}-s{cfg.run.seed}"
     params = OmegaConf.to_container(dcfg, resolve=True)
