@@ -74,6 +74,15 @@ def source_tags(git_sha: str) -> dict[str, str]:
     return tags
 
 
+def ui_hint(uri: str, exp_id: str) -> str:
+    """Where to see the runs: MLflow 3.17's UI opens every experiment on its GenAI view unless the
+    page asks for the model-training one (workflowType; the choice is then remembered)."""
+    page = f"#/experiments/{exp_id}?workflowType=machine_learning"
+    if uri.startswith("http"):
+        return f"{uri.rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {uri}, then http://127.0.0.1:5000/{page}"
+
+
 def find_sweep_run(client, exp_id: str, sweep_id: str) -> str | None:
     found = client.search_runs([exp_id], f"tags.kind = '{SWEEP_KIND}' and tags.sweep_id = '{sweep_id}'",
                                max_results=1)
@@ -114,7 +123,7 @@ class Tracker:
     """
 
     def __init__(self, cfg: TrackingConfig):
-        self.cfg, self.client, self.run_id = cfg, None, None
+        self.cfg, self.client, self.run_id, self.exp_id = cfg, None, None, ""
         self.logged: set[tuple[str, int]] = set()
         self.started, self.active_before, self.session = time.time(), 0.0, 1
 
@@ -128,7 +137,7 @@ class Tracker:
         import mlflow
         from mlflow.entities import Param, RunTag
 
-        exp_id = ensure_store(self.cfg)
+        exp_id = self.exp_id = ensure_store(self.cfg)
         self.client = mlflow.MlflowClient(self.cfg.uri)
         found = self.client.search_runs([exp_id], f"tags.job_key = '{job_key}'", max_results=1)
         extra = {}
@@ -200,4 +209,5 @@ class Tracker:
     def location(self) -> str:
         if self.run_id is None:
             return "MLflow tracking disabled"
-        return f"MLflow run {self.run_id} in experiment '{self.cfg.experiment}' at {self.cfg.uri}"
+        return (f"MLflow run {self.run_id} in experiment '{self.cfg.experiment}' at {self.cfg.uri}\n"
+                f"see it: {ui_hint(self.cfg.uri, self.exp_id)}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from imm.report import cli, html, tables
-from imm.tracking import TrackingConfig
+from imm.tracking import TrackingConfig, ui_hint
 
 
 def _method_and_alpha(runs: list[tables.RunRecord]) -> tuple[str, float]:
@@ -40,6 +40,9 @@ def report_sweep(tracking: TrackingConfig, sweep_id: str, out: Path, parent_run:
     if parent_run:
         import mlflow
 
-        mlflow.MlflowClient(tracking.uri).log_artifacts(parent_run, str(out), "report")
-        print(f"logged to the sweep's MLflow run {parent_run} (artifacts report/)")
+        client = mlflow.MlflowClient(tracking.uri)
+        client.log_artifacts(parent_run, str(out), "report")
+        exp_id = client.get_run(parent_run).info.experiment_id
+        print(f"logged to the sweep's MLflow run {parent_run} (artifacts report/)\n"
+              f"see it: {ui_hint(tracking.uri, exp_id)}")
     return page
