@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import threading
 from pathlib import Path
 
 import hydra
@@ -26,7 +27,7 @@ from imm.report import console as summary
 from imm.config import validate
 from imm.provenance import provenance
 from imm.store import StageStore, digest
-from imm.tracking import Tracker
+from imm.tracking import Tracker, source_tags
 
 log = logging.getLogger("imm")
 NOT_IN_JOB_KEY = ("tracking", "stages", "outputs")  # where results are logged/stored, not what they are
@@ -43,12 +44,37 @@ def job_key(resolved: dict) -> str:
     return digest(ident)
 
 
-def tags(cfg, prov: dict) -> dict[str, str]:
+def sweep_id() -> str:
+    """The multirun folder's name ("" for a single run): names the sweep in MLflow and in reports."""
     hc = HydraConfig.get()
-    sweep_id = Path(hc.sweep.dir).name if hc.mode.name == "MULTIRUN" else "single"
+    return Path(hc.sweep.dir).name if hc.mode.name == "MULTIRUN" else ""
+
+
+def tags(cfg, prov: dict) -> dict[str, str]:
+    """The grid point's tags; ``sweep_id`` is the sweep that created the run (later ones add ``sweep.<id>``)."""
     return {"method": cfg.method.name, "alpha": str(cfg.merge.alpha), "p": str(cfg.merge.p),
             "model": cfg.model.name, "dataset": cfg.dataset.name, "seed": str(cfg.run.seed),
-            "sweep_id": sweep_id, "git_sha": prov["git_sha"]}
+            "sweep_id": sweep_id() or "single", "git_sha": prov["git_sha"]} | source_tags(prov["git_sha"])
+
+
+def quiet_unused_libraries(cfg) -> None:
+    """Saving a model makes accelerate import DeepSpeed when it is installed, and DeepSpeed then warns
+    that it picked the CPU. A run without DeepSpeed and without CUDA names the CPU itself: no warning."""
+    import torch
+
+    if not cfg.sft.deepspeed and not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def _mark_killed(tracker: Tracker, previous):
+    """Under submitit SIGTERM is ignored (a cancelled job is killed next; a preempted one gets USR2 and
+    requeues): end the MLflow run KILLED now, from a thread (not inside MLflow calls the signal interrupted).
+    A requeued job reopens the run; a job that goes on to finish ends it FINISHED."""
+    def handler(signum, frame):
+        threading.Thread(target=tracker.end, args=("KILLED",), daemon=False).start()
+        if callable(previous):
+            previous(signum, frame)
+    return handler
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -66,17 +92,21 @@ def main(dcfg: DictConfig) -> float:
         print(f"dry run: config valid, written to {out / 'config.yaml'}")
         return float("nan")
 
-    store = StageStore(Path(cfg.stages.root), salt="" if cfg.stages.share else key)
+    store = StageStore(Path(cfg.stages.root), salt="" if cfg.stages.share else key,
+                       lock_stale_s=cfg.stages.lock_stale_s)
     tracker = Tracker(cfg.tracking)
     name = cfg.tracking.run_name or f"{cfg.method.name}-a{cfg.merge.alpha}-p{cfg.merge.p}-s{cfg.run.seed}"
     params = OmegaConf.to_container(dcfg, resolve=True)
     params["run"].pop("dry_run")
-    if tracker.start(key, name, tags(cfg, prov), params):
+    quiet_unused_libraries(cfg)
+    if tracker.start(key, name, tags(cfg, prov), params, sweep_id()):
         log.info("continuing job %s and its MLflow run (%s)", key, tracker.location)
     tracker.artifact(out / "config.yaml")
     tracker.artifact(out / "provenance.json")
     if "SUBMITIT_EXECUTOR" not in os.environ:  # under submitit, SIGTERM precedes its USR2 checkpoint/requeue
         signal.signal(signal.SIGTERM, _raise_interrupt)
+    else:
+        signal.signal(signal.SIGTERM, _mark_killed(tracker, signal.getsignal(signal.SIGTERM)))
     status = "FAILED"
     try:
         result = loop.run(cfg, tracker, out, store)

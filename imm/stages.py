@@ -164,7 +164,7 @@ def evaluate_stage(ctx: Context, model: ModelRef) -> dict[str, float]:
             metrics = evaluate(net, ctx.tok, ctx.data, ctx.item_prompt, ctx.cfg.eval, compile=engine.compile)
         write_json(tmp / "metrics.json", metrics)
 
-    path, _ = ctx.store.get_or_compute("evaluate", key, compute)
+    path, _ = ctx.store.get_or_compute("evaluate", key, compute, files=("metrics.json",))
     return read_json(path / "metrics.json")
 
 
@@ -195,7 +195,7 @@ def synthesize_stage(ctx: Context, model: ModelRef, t: int) -> tuple[str, list[d
                                         "covered": y.covered, "yield": y.rate, "coverage": y.coverage,
                                         "no_answer": y.no_answer, "timeouts": y.timeouts, "device": device})
 
-    path, _ = ctx.store.get_or_compute("synthesize", key, compute)
+    path, _ = ctx.store.get_or_compute("synthesize", key, compute, files=("kept.jsonl", "yield.json"))
     return key, read_jsonl(path / "kept.jsonl"), read_json(path / "yield.json")
 
 
@@ -208,7 +208,7 @@ def trainset_stage(ctx: Context, kept_keys: list[str], history: list[list[dict]]
     def compute(tmp: Path) -> None:
         write_jsonl(tmp / "rows.jsonl", methods.build_trainset(m, history, ctx.cfg.run.seed))
 
-    path, _ = ctx.store.get_or_compute("trainset", key, compute)
+    path, _ = ctx.store.get_or_compute("trainset", key, compute, files=("rows.jsonl",))
     return key, read_jsonl(path / "rows.jsonl")
 
 
@@ -220,7 +220,7 @@ def importance_stage(ctx: Context, model: ModelRef, data: str, rows: list[dict])
         log.info("importance on %s", net.device)
         write_json(tmp / "importance.json", layer_importance(net, ctx.tok, rows, ctx.prompt))
 
-    path, _ = ctx.store.get_or_compute("importance", key, compute)
+    path, _ = ctx.store.get_or_compute("importance", key, compute, files=("importance.json",))
     return {int(k): v for k, v in read_json(path / "importance.json").items()}
 
 
@@ -234,7 +234,7 @@ def sft_stage(ctx: Context, model: ModelRef, data: str, rows: list[dict], t: int
         write_json(tmp / "stats.json", stats)
         return net
 
-    path, net = ctx.store.get_or_compute("sft", key, compute)
+    path, net = ctx.store.get_or_compute("sft", key, compute, files=("stats.json", "model/config.json"))
     ref = ModelRef(key, path / "model")
     if net is not None:
         ctx.hold(ref, net)
@@ -254,7 +254,7 @@ def merge_stage(ctx: Context, base: ModelRef, prev: ModelRef, tuned: ModelRef, s
                                   ctx.cfg.merge, t, scales)
         write_json(tmp / "stats.json", asdict(stats))
 
-    path, _ = ctx.store.get_or_compute("merge", key, compute)
+    path, _ = ctx.store.get_or_compute("merge", key, compute, files=("stats.json", "model/config.json"))
     return ModelRef(key, path / "model"), read_json(path / "stats.json")
 
 

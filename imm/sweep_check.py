@@ -1,37 +1,56 @@
-"""A Hydra callback that checks a whole multirun grid before any job starts.
+"""A Hydra callback around a whole multirun: checks the grid before any job starts, reports it at the end.
 
 Hydra composes each job's config only when the job runs; on a cluster that is after submission.
-``ValidateSweep`` expands the grid the way the basic sweeper does, composes and validates every
-job's config, and creates the MLflow store and experiments once (concurrent jobs must not race
-to create one SQLite database). A bad value anywhere in the grid stops the sweep with nothing run.
+``on_multirun_start`` expands the grid with the sweeper the run is configured with (one that does
+not expand a fixed grid, e.g. an optimiser, is refused with a message: its jobs are not known in
+advance), composes and validates every job's config, creates the MLflow store and experiments once
+(concurrent jobs must not race to create one SQLite database) and the sweep's parent run, under
+which its jobs log. A bad value anywhere in the grid stops the sweep with nothing run.
+``on_multirun_end`` prints the sweep's report (α table, methods) and logs it to the parent run.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import time
+from pathlib import Path
 from typing import Any
 
 from hydra import compose
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
+from hydra.utils import get_class
 from omegaconf import DictConfig
 
 from imm.config import validate
-from imm.tracking import ensure_store
+from imm.provenance import git_sha
+from imm.tracking import TrackingConfig, ensure_store, source_tags, start_sweep_run
 
 log = logging.getLogger(__name__)
 
 
 def grid(cfg: DictConfig) -> list[list[str]]:
-    """Every job's override list, as the basic sweeper expands them."""
+    """Every job's override list, as the configured sweeper expands them."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    target = cfg.hydra.sweeper.get("_target_", "")
+    sweeper = get_class(target) if target else None
+    if sweeper is None or not issubclass(sweeper, BasicSweeper):
+        raise SystemExit(f"imm: the grid check expands grids of Hydra's basic sweeper only, and this run's sweeper is "
+                         f"{target or 'unset'}; run it without the check: hydra.callbacks.validate_sweep=null")
     params = cfg.hydra.sweeper.get("params") or {}
     overrides = [f"{k}={v}" for k, v in params.items()] + list(cfg.hydra.overrides.task)
     parsed = OverridesParser.create().parse_overrides(overrides)
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    batches = sweeper.split_arguments(parsed, cfg.hydra.sweeper.get("max_batch_size"))
+    return [job for batch in batches for job in batch]
 
 
 class ValidateSweep(Callback):
+    def __init__(self) -> None:
+        self.parents: dict[tuple[str, str], tuple[TrackingConfig, str]] = {}  # (uri, experiment) -> parent run
+        self.started, self.ended, self.sweep_id = 0.0, False, ""
+
     def on_multirun_start(self, config: DictConfig, config_name: str | None = None, **kwargs: Any) -> None:
         jobs = grid(config)
         typed = []
@@ -49,3 +68,34 @@ class ValidateSweep(Callback):
             ensure_store(tracking)
         log.info("checked %d job configs; MLflow store ready for %s", len(jobs),
                  ", ".join(e for _, e in sorted(stores)) or "no tracking")
+        if any(c.run.dry_run for c in typed):
+            return
+        self.sweep_id, self.started = Path(config.hydra.sweep.dir).name, time.time()
+        tags = {"jobs": str(len(jobs)), "grid": " ".join(config.hydra.overrides.task)[:5000]}
+        tags |= source_tags(git_sha())
+        for where, tracking in stores.items():
+            self.parents[where] = (tracking, start_sweep_run(tracking, self.sweep_id, tags))
+        atexit.register(self._end_parents, "FAILED")  # a job that raised skips on_multirun_end
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from imm.report.sweep import report_sweep
+
+        for i, (tracking, run_id) in enumerate(self.parents.values()):
+            out = Path(config.hydra.sweep.dir) / ("report" if len(self.parents) == 1 else f"report-{i}")
+            try:
+                report_sweep(tracking, self.sweep_id, out, run_id)
+            except Exception:  # the jobs are done and logged: a report that fails must not fail the sweep
+                log.exception("the report of sweep %s failed; rerun: python -m imm.report --sweep-id %s",
+                              self.sweep_id, self.sweep_id)
+        self._end_parents("FINISHED")
+
+    def _end_parents(self, status: str) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        import mlflow
+
+        for tracking, run_id in self.parents.values():
+            client = mlflow.MlflowClient(tracking.uri)
+            client.log_metric(run_id, "time/sweep_s", time.time() - self.started)
+            client.set_terminated(run_id, status)

@@ -2,11 +2,21 @@
 
 The SQLite store is created (schema + experiment) under a file lock before any job logs, because
 several jobs creating one database at once fail in its schema migration.
+
+MLflow's own conventions, so its UI shows what it can: the experiment is of the model-training
+kind (the UI opens it on its runs, not on GenAI traces); runs carry the source tags (entry point,
+git commit); the data sets are dataset inputs (name, digest, rows, training / ID / OOD role); a
+sweep is a parent run with its jobs as children. A job run continued by a later sweep (same
+config, so same run) is tagged ``sweep.<id>`` for every sweep it served, and becomes a child of
+the newest one. ``time/active_s`` is the run's compute time over all its sessions: MLflow's
+duration of a continued run counts from its first start.
 """
 
 from __future__ import annotations
 
+import getpass
 import os
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +24,9 @@ from pathlib import Path
 from filelock import FileLock
 
 STATUSES = ("FINISHED", "FAILED", "KILLED")
+# read by MLflow 3's UI (mlflow.experimentKind): opens the experiment on its runs table, not on traces
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+SWEEP_KIND = "sweep"  # tags.kind of a sweep's parent run
 
 
 @dataclass
@@ -41,12 +54,54 @@ def ensure_store(cfg: TrackingConfig) -> str:
         client = mlflow.MlflowClient(cfg.uri)
         exp = client.get_experiment_by_name(cfg.experiment)
         if exp is not None:
+            for k, v in EXPERIMENT_TAGS.items():
+                if k not in exp.tags:  # an experiment made before the tag existed
+                    client.set_experiment_tag(exp.experiment_id, k, v)
             return exp.experiment_id
         artifacts = cfg.artifact_root
         if "://" not in artifacts:
             Path(artifacts).mkdir(parents=True, exist_ok=True)
             artifacts = Path(artifacts).resolve().as_uri()
-        return client.create_experiment(cfg.experiment, artifact_location=artifacts)
+        return client.create_experiment(cfg.experiment, artifact_location=artifacts, tags=EXPERIMENT_TAGS)
+
+
+def source_tags(git_sha: str) -> dict[str, str]:
+    """MLflow's standard tags for where a run came from (the UI's Source and User columns)."""
+    tags = {"mlflow.source.name": "imm/main.py", "mlflow.user": getpass.getuser(),
+            "mlflow.source.type": "JOB" if "SUBMITIT_EXECUTOR" in os.environ else "LOCAL"}
+    if git_sha != "unknown":
+        tags["mlflow.source.git.commit"] = git_sha.removesuffix("-dirty")
+    return tags
+
+
+def ui_hint(uri: str, exp_id: str) -> str:
+    """Where to see the runs: MLflow 3.17's UI opens every experiment on its GenAI view unless the
+    page asks for the model-training one (workflowType; the choice is then remembered)."""
+    page = f"#/experiments/{exp_id}?workflowType=machine_learning"
+    if uri.startswith("http"):
+        return f"{uri.rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {uri}, then http://127.0.0.1:5000/{page}"
+
+
+def find_sweep_run(client, exp_id: str, sweep_id: str) -> str | None:
+    found = client.search_runs([exp_id], f"tags.kind = '{SWEEP_KIND}' and tags.sweep_id = '{sweep_id}'",
+                               max_results=1)
+    return found[0].info.run_id if found else None
+
+
+def start_sweep_run(cfg: TrackingConfig, sweep_id: str, tags: dict[str, str]) -> str:
+    """The sweep's parent run (created once, before its jobs, by the process that launches them)."""
+    import mlflow
+
+    exp_id = ensure_store(cfg)
+    client = mlflow.MlflowClient(cfg.uri)
+    run_id = find_sweep_run(client, exp_id, sweep_id)
+    if run_id is None:
+        run_id = client.create_run(exp_id, run_name=f"sweep {sweep_id}",
+                                   tags=tags | {"kind": SWEEP_KIND, "sweep_id": sweep_id}).info.run_id
+    else:
+        client.update_run(run_id, status="RUNNING")
+    return run_id
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
@@ -68,31 +123,63 @@ class Tracker:
     """
 
     def __init__(self, cfg: TrackingConfig):
-        self.cfg, self.client, self.run_id = cfg, None, None
+        self.cfg, self.client, self.run_id, self.exp_id = cfg, None, None, ""
         self.logged: set[tuple[str, int]] = set()
+        self.started, self.active_before, self.session = time.time(), 0.0, 1
 
-    def start(self, job_key: str, run_name: str, tags: dict[str, str], params: dict) -> bool:
-        """Create (or find and reopen) the job's run; returns whether it was resumed."""
+    def start(self, job_key: str, run_name: str, tags: dict[str, str], params: dict, sweep_id: str = "") -> bool:
+        """Create (or find and reopen) the job's run; returns whether it was resumed.
+
+        ``sweep_id``: the sweep this job belongs to (empty for a single run); tags the run as its member
+        and, when the sweep has a parent run, as that run's child."""
         if not self.cfg.enabled:
             return False
         import mlflow
-        from mlflow.entities import Param
+        from mlflow.entities import Param, RunTag
 
-        exp_id = ensure_store(self.cfg)
+        exp_id = self.exp_id = ensure_store(self.cfg)
         self.client = mlflow.MlflowClient(self.cfg.uri)
         found = self.client.search_runs([exp_id], f"tags.job_key = '{job_key}'", max_results=1)
+        extra = {}
+        if sweep_id:
+            extra[f"sweep.{sweep_id}"] = "1"
+            if parent := find_sweep_run(self.client, exp_id, sweep_id):
+                extra["mlflow.parentRunId"] = parent
         if found:
             self.run_id = found[0].info.run_id
             self.client.update_run(self.run_id, status="RUNNING")
             for key in found[0].data.metrics:
                 self.logged |= {(key, m.step) for m in self.client.get_metric_history(self.run_id, key)}
+            past = self.client.get_metric_history(self.run_id, "time/active_s")
+            if past:
+                last = max(past, key=lambda m: m.step)
+                self.active_before, self.session = last.value, last.step + 1
+            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in extra.items()])
         else:
-            run = self.client.create_run(exp_id, run_name=run_name, tags=tags | {"job_key": job_key})
+            run = self.client.create_run(exp_id, run_name=run_name, tags=tags | {"job_key": job_key} | extra)
             self.run_id = run.info.run_id
         items = [Param(k, v) for k, v in flatten(params).items()]
         for i in range(0, len(items), 100):  # same values on a resumed run: MLflow accepts them again
             self.client.log_batch(self.run_id, params=items[i:i + 100])
         return bool(found)
+
+    def datasets(self, data, name: str) -> None:
+        """The run's data sets as MLflow dataset inputs (name, digest, rows), each with its role:
+        training, ID test or OOD test. ``data``: an ``imm.data.Data``."""
+        if self.run_id is None:
+            return
+        import mlflow.data
+        import pandas as pd
+        from mlflow.entities import DatasetInput, InputTag
+
+        sets = {"train": ("training", data.train)}
+        sets |= {n: ("ID test" if n in data.id_sets else "OOD test", items) for n, items in data.tests.items()}
+        inputs = []
+        for set_name, (role, items) in sets.items():
+            cols = {k: [str(item.get(k, "")) for item in items] for k in ("question", "answer")}
+            ds = mlflow.data.from_pandas(pd.DataFrame(cols), name=f"{name}/{set_name}")
+            inputs.append(DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", role)]))
+        self.client.log_inputs(self.run_id, datasets=inputs)
 
     def metrics(self, values: dict[str, float], step: int) -> None:
         if self.run_id is None:
@@ -112,11 +199,15 @@ class Tracker:
             self.client.log_artifact(self.run_id, str(path), folder)
 
     def end(self, status: str = "FINISHED") -> None:
+        """End the run; ``time/active_s`` (step = session) adds this session's time to the earlier ones."""
         if self.run_id is not None:
+            active = self.active_before + time.time() - self.started
+            self.metrics({"time/active_s": active, "time/sessions": self.session}, self.session)
             self.client.set_terminated(self.run_id, status=status)
 
     @property
     def location(self) -> str:
         if self.run_id is None:
             return "MLflow tracking disabled"
-        return f"MLflow run {self.run_id} in experiment '{self.cfg.experiment}' at {self.cfg.uri}"
+        return (f"MLflow run {self.run_id} in experiment '{self.cfg.experiment}' at {self.cfg.uri}\n"
+                f"see it: {ui_hint(self.cfg.uri, self.exp_id)}")

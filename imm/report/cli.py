@@ -11,6 +11,7 @@ Writes to --out (default outputs/reports/<name>, name defaulting to the time):
   summary.{md,csv}           per method (and α): final ID and OOD pass@1 over seeds, with Base
   iterations.png, iterations_<set>.png, iterations.csv   Figs 6/7: Base, SFT 1, Merge 1, ... per method at --alpha
   passk.png, passk.csv       Figs 8/13, where runs logged pass@k (eval.n > 1)
+  report.html                the tables and figures on one page (images inlined)
 Only FINISHED runs count (the others are reported as skipped); a rerun of a grid point replaces it.
 Unless --no-log, the folder is also logged as artifacts of a run named "report" in experiment "imm-reports".
 """
@@ -21,9 +22,11 @@ import argparse
 import time
 from pathlib import Path
 
+from imm.report import html
 from imm.report import plots
 from imm.report import tables
 from imm.report.tables import RunRecord
+from imm.tracking import SWEEP_KIND
 
 REPORT_EXPERIMENT = "imm-reports"
 
@@ -50,7 +53,7 @@ def load_runs(uri: str, experiments: list[str] | None) -> tuple[list[RunRecord],
         token, before = None, len(records)
         while True:
             page = client.search_runs([exp.experiment_id], max_results=1000, page_token=token)
-            records += [_record(client, run, exp.name) for run in page]
+            records += [_record(client, run, exp.name) for run in page if run.data.tags.get("kind") != SWEEP_KIND]
             token = page.token
             if not token:
                 break
@@ -169,7 +172,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tracking-uri", default="sqlite:///outputs/mlflow.db", help="(default %(default)s)")
     ap.add_argument("--experiment", nargs="+", help="experiment names (default: all but imm-reports)")
-    ap.add_argument("--sweep-id", help="only runs of this sweep (the sweep_id tag: the multirun folder name)")
+    ap.add_argument("--sweep-id", help="only runs of this sweep (the multirun folder name), including runs it "
+                                       "reused from earlier jobs")
     ap.add_argument("--filter", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                     help="tag filters (method=imm, p=0.1); dotted keys are params (run.iterations=3)")
     ap.add_argument("--method", default="imm", help="method of the α table (default imm)")
@@ -191,6 +195,7 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(no_runs_message(experiments, filters, skipped))
     out = args.out or Path("outputs") / "reports" / args.name
     files, text = build(runs, out, args.method, args.alpha, ", ".join(experiments))
+    files.append(html.page(out, f"imm report {args.name}: {', '.join(experiments)}"))
     print(f"{len(runs)} finished runs from {', '.join(experiments)}"
           + (f"; skipped: {', '.join(f'{n} {s}' for s, n in skipped.items())}" if skipped else ""))
     print(f"\n{text}\nwrote {len(files)} files to {out}")

@@ -85,10 +85,19 @@ def stat(values: list[float]) -> Stat | None:
 def matches(rec: RunRecord, filters: dict[str, str]) -> bool:
     """KEY=VALUE filters: a dotted key is a param (``run.iterations=3``), any other a tag (``method=imm``)."""
     for key, want in filters.items():
+        if key == "sweep_id":
+            if not in_sweep(rec, want):
+                return False
+            continue
         have = rec.params.get(key) if "." in key else rec.tag(key)
         if have is None or not _same(have, want):
             return False
     return True
+
+
+def in_sweep(rec: RunRecord, sweep_id: str) -> bool:
+    """Whether the run served the sweep: created by it (sweep_id), or reused / continued by it (sweep.<id>)."""
+    return rec.tags.get("sweep_id") == sweep_id or rec.tags.get(f"sweep.{sweep_id}") == "1"
 
 
 def _same(have: str, want: str) -> bool:

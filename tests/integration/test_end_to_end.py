@@ -27,10 +27,12 @@ def imm_main(*args, outputs: Path, timeout=600, check=True):
     return out
 
 
-def runs_of(outputs: Path, experiment="imm-testbed-testbed"):
+def runs_of(outputs: Path, experiment="imm-testbed-testbed", sweeps=False):
+    """The job runs of the experiment (with ``sweeps``, the sweeps' parent runs instead)."""
     client = mlflow.MlflowClient(f"sqlite:///{outputs}/mlflow.db")
     exp = client.get_experiment_by_name(experiment)
-    return client, client.search_runs([exp.experiment_id])
+    runs = client.search_runs([exp.experiment_id])
+    return client, [r for r in runs if (r.data.tags.get("kind") == "sweep") == sweeps]
 
 
 def test_user_command_multirun(tmp_path):
@@ -41,10 +43,20 @@ def test_user_command_multirun(tmp_path):
     assert {(r.data.tags["method"], r.data.tags["alpha"]) for r in runs} == \
         {("imm", "0.1"), ("imm", "0.9"), ("vanilla", "0.1"), ("vanilla", "0.9")}
     assert len({r.data.tags["sweep_id"] for r in runs}) == 1
+    _, (parent,) = runs_of(tmp_path, sweeps=True)
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep_id"] == runs[0].data.tags["sweep_id"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+    exp = client.get_experiment(runs[0].info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs
     for run in runs:
         tags, params = run.data.tags, run.data.params
         assert run.info.status == "FINISHED"
-        assert {"model", "dataset", "seed", "git_sha", "p"} <= tags.keys()
+        assert {"model", "dataset", "seed", "git_sha", "p", "mlflow.source.name", "mlflow.source.type"} <= tags.keys()
+        inputs = {d.dataset.name: {t.key: t.value for t in d.tags}["mlflow.data.context"]
+                  for d in run.inputs.dataset_inputs}
+        assert inputs["testbed/train"] == "training" and inputs["testbed/id_addsub"] == "ID test"
+        assert inputs["testbed/ood_mult"] == "OOD test"
+        assert 0 < run.data.metrics["time/active_s"]
         assert params["merge.alpha"] == tags["alpha"] and params["run.iterations"] == "2"
         method = tags["method"]
         hist = {k: [m.step for m in client.get_metric_history(run.info.run_id, k)]
@@ -75,6 +87,31 @@ def test_user_command_multirun(tmp_path):
     # the printed summary table names every stage
     for stage in ("Base", "SFT 1", "Merge 1", "SFT 2", "Merge 2"):
         assert stage in out.stdout
+
+
+def test_grid_after_a_single_run_reports_every_alpha(tmp_path):
+    """The user's three commands in order: the grid continues the default job's run (α 0.5), which must
+    still count as the grid's; the grid ends with its own α table, printed and logged to its parent run."""
+    one = ["run.iterations=1"]
+    imm_main(*one, outputs=tmp_path)
+    grid = imm_main("-m", "method=imm,vanilla", "merge.alpha=0.1,0.5,0.9", *one, outputs=tmp_path)
+    (sweep_dir,) = (tmp_path / "multirun").iterdir()
+    assert "| α | 0.1 | 0.5 | 0.9 |" in grid.stdout  # the sweep reported itself
+    client, runs = runs_of(tmp_path)
+    assert len(runs) == 6  # the single run continued, not duplicated
+    reused = [r for r in runs if r.data.tags["sweep_id"] == "single"]
+    assert len(reused) == 1 and reused[0].data.tags[f"sweep.{sweep_dir.name}"] == "1"
+    _, (parent,) = runs_of(tmp_path, sweeps=True)
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/alpha_table.md", "report/summary.csv", "report/report.html"} <= logged
+    report = subprocess.run([sys.executable, "-m", "imm.report", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+                             "--sweep-id", sweep_dir.name, "--out", str(tmp_path / "rep"), "--no-log"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "| α | 0.1 | 0.5 | 0.9 |" in report.stdout
+    header = (tmp_path / "rep" / "alpha_table.csv").read_text().splitlines()[0]
+    assert header.split(",")[1:] == ["0.1", "0.5", "0.9"]
 
 
 def test_nan_loss_fails_the_run(tmp_path):

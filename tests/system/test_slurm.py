@@ -3,8 +3,9 @@
     python -m pytest tests/test_slurm.py    # as root; installs slurmctld/slurmd/munge if missing
 
 The cluster lives in a fresh temporary state dir for the whole session and is stopped by pid at the
-end. The tests are skipped, with the reason, only where no cluster can be started (not root, no
-apt-get, install or start failing). Every submitit folder is new: job ids restart after a restart.
+end. The tests are skipped, with the reason, only where no cluster can be started (not root, or no
+apt-get and the start failing); as root with apt-get a cluster that does not start fails them, and
+IMM_REQUIRE_SLURM=1 turns every such skip into a failure (CI). Every submitit folder is new: job ids restart after a restart.
 Heavy imports (imm, mlflow, hydra) stay inside the tests: SLURM jobs import this module to
 unpickle ``CountTo``, and each second of import is paid again at every (re)start.
 """
@@ -12,6 +13,7 @@ unpickle ``CountTo``, and each second of import is paid again at every (re)start
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -52,17 +54,27 @@ def test_local_preset_runs_a_dry_sweep(tmp_path):
     assert len(logs) == 2 and all("dry run: config valid" in log.read_text() for log in logs)
 
 
+def _cannot(reason: str) -> None:
+    """Skip, saying why; fail instead where a cluster is required (IMM_REQUIRE_SLURM=1, e.g. in CI)."""
+    if os.environ.get("IMM_REQUIRE_SLURM") == "1":
+        pytest.fail(f"IMM_REQUIRE_SLURM=1 but {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
     """Start the cluster; yield the environment a client needs (SLURM_CONF, PATH with sacct)."""
     if os.geteuid() != 0:
-        pytest.skip("a local SLURM cluster needs root (slurmd runs jobs as their users)")
+        _cannot("a local SLURM cluster needs root (slurmd runs jobs as their users)")
     state = tmp_path_factory.mktemp("slurm")
     start = subprocess.run(["bash", str(CLUSTER), "start", str(state)], capture_output=True, text=True,
                            timeout=600)
     if start.returncode != 0:
         subprocess.run(["bash", str(CLUSTER), "stop", str(state)], capture_output=True, timeout=120)
-        pytest.skip(f"no local SLURM cluster: {start.stderr.strip()[-1500:]}")
+        reason = f"no local SLURM cluster: {start.stderr.strip()[-1500:]}"
+        if shutil.which("apt-get"):  # root with a package manager: the cluster should have started
+            pytest.fail(reason)
+        _cannot(reason)
     env = {"SLURM_CONF": str(state / "slurm.conf"), "PATH": f"{state / 'bin'}:{os.environ['PATH']}"}
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
@@ -117,14 +129,26 @@ def test_sweep_through_slurm_lands_in_mlflow(cluster, tmp_path):
         assert f"JobEnvironment(job_id={log.parent.name}," in log.read_text()
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    exp = client.get_experiment_by_name("imm-testbed-testbed")
-    runs = client.search_runs([exp.experiment_id])
+    runs, (parent,) = job_and_sweep_runs(tmp_path)
     assert sorted(r.data.tags["method"] for r in runs) == ["imm", "vanilla"]
+    assert parent.data.tags["sweep_id"] == sweep_dir.name and parent.info.status == "FINISHED"
+    assert "| α |" in out.stdout  # the sweep's report, printed by the submitting process
     for run in runs:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["mlflow.source.type"] == "JOB"
         assert run.info.status == "FINISHED"
         assert run.data.tags["alpha"] == "0.5"
         assert run.data.tags["sweep_id"] == sweep_dir.name
         assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/sft/id")] == [1]
+
+
+def job_and_sweep_runs(outputs: Path) -> tuple[list, list]:
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{outputs}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("imm-testbed-testbed").experiment_id])
+    return ([r for r in runs if r.data.tags.get("kind") != "sweep"],
+            [r for r in runs if r.data.tags.get("kind") == "sweep"])
 
 
 class CountTo(submitit.helpers.Checkpointable):
@@ -194,8 +218,6 @@ def test_checkpoint_requeue_resume(cluster, tmp_path, monkeypatch):
 def test_imm_job_requeued_by_slurm_resumes(cluster, tmp_path):
     """A real imm job warned by SLURM (USR2) is checkpointed, requeued and continues at the stage it
     reached: one MLflow run, FINISHED, with reused stages, and the same numbers as a job never stopped."""
-    import mlflow
-
     grid = ["method=imm", "run.iterations=2", *SWEEP[2:]]
     cmd = [sys.executable, "-m", "imm.main", "-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", *grid,
            f"outputs={tmp_path / 'requeued'}"]
@@ -217,10 +239,28 @@ def test_imm_job_requeued_by_slurm_resumes(cluster, tmp_path):
     assert reference.returncode == 0, reference.stderr[-2000:]
     finals = []
     for outputs in ("requeued", "reference"):
-        client = mlflow.MlflowClient(f"sqlite:///{tmp_path / outputs}/mlflow.db")
-        (run,) = client.search_runs([client.get_experiment_by_name("imm-testbed-testbed").experiment_id])
+        (run,), _ = job_and_sweep_runs(tmp_path / outputs)
         assert run.info.status == "FINISHED"
         finals.append({k: v for k, v in run.data.metrics.items() if k.startswith("eval/")})
         if outputs == "requeued":
             assert run.data.metrics["stages/reused"] >= 2
     assert finals[0] == finals[1]
+
+
+def test_cancelled_imm_job_ends_its_run_killed(cluster, tmp_path):
+    """scancel (SIGTERM, then SIGKILL): submitit ignores the SIGTERM, so the run is ended KILLED then,
+    not left RUNNING by a process killed without a word."""
+    cmd = [sys.executable, "-m", "imm.main", "-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1",
+           "method=imm", "run.iterations=3", *SWEEP[2:], f"outputs={tmp_path}"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    from imm.store import finished_outputs
+
+    _wait("the job to finish a stage", lambda: len(finished_outputs(tmp_path / "stages")) >= 1, limit_s=300)
+    (folder,) = [p for p in (tmp_path / "multirun").glob("*/.submitit/*") if p.is_dir()]
+    subprocess.run(["scancel", folder.name], check=True, env=os.environ)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0, output[-3000:]
+    (run,), (parent,) = job_and_sweep_runs(tmp_path)
+    assert run.info.status == "KILLED", output[-3000:]
+    assert parent.info.status == "FAILED"  # the sweep did not end: its run says so, not RUNNING
