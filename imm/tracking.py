@@ -168,17 +168,21 @@ class Tracker:
         training, ID test or OOD test. ``data``: an ``imm.data.Data``."""
         if self.run_id is None:
             return
-        import mlflow.data
-        import pandas as pd
-        from mlflow.entities import DatasetInput, InputTag
+        import hashlib
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
 
         sets = {"train": ("training", data.train)}
         sets |= {n: ("ID test" if n in data.id_sets else "OOD test", items) for n, items in data.tests.items()}
+        schema = json.dumps({"mlflow_colspec": [{"type": "string", "name": c} for c in ("question", "answer")]})
         inputs = []
-        for set_name, (role, items) in sets.items():
-            cols = {k: [str(item.get(k, "")) for item in items] for k in ("question", "answer")}
-            ds = mlflow.data.from_pandas(pd.DataFrame(cols), name=f"{name}/{set_name}")
-            inputs.append(DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", role)]))
+        for set_name, (role, items) in sets.items():  # entities built directly: no pandas on compute nodes
+            rows = json.dumps([[str(i.get("question", "")), str(i.get("answer", ""))] for i in items])
+            ds = Dataset(name=f"{name}/{set_name}", digest=hashlib.sha256(rows.encode()).hexdigest()[:8],
+                         source_type="code", source=json.dumps({"tags": {"imm.dataset": name}}), schema=schema,
+                         profile=json.dumps({"num_rows": len(items)}))
+            inputs.append(DatasetInput(ds, tags=[InputTag("mlflow.data.context", role)]))
         self.client.log_inputs(self.run_id, datasets=inputs)
 
     def metrics(self, values: dict[str, float], step: int) -> None:
