@@ -120,8 +120,9 @@ def evaluate_stage(ctx: Context, model: ModelRef) -> dict[str, float]:
 
 def synthesize_stage(ctx: Context, model: ModelRef, t: int) -> tuple[str, list[dict], dict]:
     """Sample k solutions per training question and keep the correct ones: (key, kept rows, yield)."""
+    gold = {"rehearsal_gold": True} if ctx.cfg.run.rehearsal_gold else {}  # only then: other keys unchanged
     key = ctx.store.key("synthesize", model=model.key, generate=asdict(ctx.cfg.generate), iteration=t,
-                        train=data_key(ctx, "train"))
+                        train=data_key(ctx, "train"), **gold)
 
     def compute(tmp: Path) -> None:
         prompts = [ctx.item_prompt(item) for item in ctx.data.train]
@@ -135,9 +136,11 @@ def synthesize_stage(ctx: Context, model: ModelRef, t: int) -> tuple[str, list[d
             tok = ctx.teacher_tok if model.teacher else ctx.tok
             samples = generate.synthesize(ctx.load(model), tok, prompts, ctx.cfg.generate, t)
         kept, y = keep_correct(ctx.data.train, samples, t)
-        write_jsonl(tmp / "kept.jsonl", kept)
+        extra = methods.gold_fallback(ctx.data.train, kept, t) if gold else []  # the yield stays the model's
+        write_jsonl(tmp / "kept.jsonl", kept + extra)
         write_json(tmp / "yield.json", {"sampled": y.sampled, "kept": y.kept, "questions": y.questions,
-                                        "covered": y.covered, "yield": y.rate, "coverage": y.coverage})
+                                        "covered": y.covered, "yield": y.rate, "coverage": y.coverage}
+                   | ({"gold_rows": len(extra)} if gold else {}))
 
     path, _ = ctx.store.get_or_compute("synthesize", key, compute)
     return key, read_jsonl(path / "kept.jsonl"), read_json(path / "yield.json")
