@@ -34,6 +34,9 @@ class RunConfig:
     out_dir: str = ""  # this job's folder; empty = <outputs>/jobs/<job key> (found again on restart)
     layer_analysis: bool = False  # log layer importance (Eq. 3) and SFT weight change (Eq. 4) each iteration
     dry_run: bool = False  # validate and write the resolved config, then stop (checks a grid)
+    # For rehearsals only: when a question keeps no sample, train on its gold solution (a random-weight
+    # model keeps nothing, and SFT and merging must still run). Never set it for a real experiment.
+    rehearsal_gold: bool = False
 
     def __post_init__(self) -> None:
         if self.iterations < 1:

@@ -41,6 +41,7 @@ class Result:
 def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
     data = load_data(cfg.dataset)
     tracker.datasets(data, cfg.dataset.name)
+    tracker.metrics({f"data/overlap/{name}": n for name, n in data.overlap.items()}, 0)  # 0 unless allowed
     ctx = steps.Context(cfg, store, data, load_tokenizer(cfg.model.path),
                         load_tokenizer(cfg.teacher.path) if cfg.teacher else None)
     result = Result(sets=list(data.tests))

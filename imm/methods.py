@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 METHODS = {
@@ -52,3 +53,19 @@ def build_trainset(cfg: MethodConfig, history: list[list[dict]], seed: int) -> l
         return earlier + current
     n = int(round(cfg.history_share * len(earlier)))
     return random.Random(seed * 7919 + len(history)).sample(earlier, n) + current
+
+
+def gold_fallback(items: list[dict], kept: list[dict], iteration: int) -> list[dict]:
+    """For rehearsals only (``run.rehearsal_gold``): a training row with the gold solution for every
+    question that kept no sample. A random-weight model answers almost nothing correctly, so without
+    these rows a rehearsal would skip SFT and merging, the stages it exists to exercise."""
+    covered = {row["question"] for row in kept}
+    rows = []
+    for item in items:
+        if item["question"] in covered or not item.get("solution"):
+            continue
+        rationale = re.sub(r"<<[^>]*>>", "", item["solution"])  # GSM8K's calculator annotations
+        rationale = re.sub(r"\n?####.*$", "", rationale, flags=re.S).strip()  # GSM8K's final "#### 18"
+        rows.append({"question": item["question"], "answer": item["answer"], "gold": True, "temperature": 0.0,
+                     "response": f"{rationale}\nThe answer is {item['answer']}.", "iteration": iteration})
+    return rows

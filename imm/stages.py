@@ -132,7 +132,8 @@ def synthesize_fields(cfg: Config, model: ModelRef, t: int) -> dict:
     g = {k: v for k, v in asdict(cfg.generate).items() if k not in ENGINE_KEYS}  # moved to engine
     model_cfg = cfg.teacher if model.teacher else cfg.model
     return {"model": model.key, "generate": g, "iteration": t, "train": data_key(cfg, "train"),
-            "engine": decoding(cfg, model_cfg, sampled=any(x > 0 for x in cfg.generate.temperatures))}
+            "engine": decoding(cfg, model_cfg, sampled=any(x > 0 for x in cfg.generate.temperatures)),
+            **({"rehearsal_gold": True} if cfg.run.rehearsal_gold else {})}  # only then: other keys unchanged
 
 
 def importance_fields(cfg: Config, model: ModelRef, data: str) -> dict:
@@ -170,6 +171,7 @@ def evaluate_stage(ctx: Context, model: ModelRef) -> dict[str, float]:
 
 def synthesize_stage(ctx: Context, model: ModelRef, t: int) -> tuple[str, list[dict], dict]:
     """Sample k solutions per training question and keep the correct ones: (key, kept rows, yield)."""
+    gold = ctx.cfg.run.rehearsal_gold
     key = ctx.store.key("synthesize", **synthesize_fields(ctx.cfg, model, t))
 
     def compute(tmp: Path) -> None:
@@ -190,10 +192,12 @@ def synthesize_stage(ctx: Context, model: ModelRef, t: int) -> tuple[str, list[d
             log.info("synthesize on %s", device)
             samples = generate.synthesize(net, tok, prompts, ctx.cfg.generate, t, engine)
         kept, y = keep_correct(ctx.data.train, samples, t)
-        write_jsonl(tmp / "kept.jsonl", kept)
+        extra = methods.gold_fallback(ctx.data.train, kept, t) if gold else []  # the yield stays the model's
+        write_jsonl(tmp / "kept.jsonl", kept + extra)
         write_json(tmp / "yield.json", {"sampled": y.sampled, "kept": y.kept, "questions": y.questions,
                                         "covered": y.covered, "yield": y.rate, "coverage": y.coverage,
-                                        "no_answer": y.no_answer, "timeouts": y.timeouts, "device": device})
+                                        "no_answer": y.no_answer, "timeouts": y.timeouts, "device": device}
+                   | ({"gold_rows": len(extra)} if gold else {}))
 
     path, _ = ctx.store.get_or_compute("synthesize", key, compute, files=("kept.jsonl", "yield.json"))
     return key, read_jsonl(path / "kept.jsonl"), read_json(path / "yield.json")

@@ -9,16 +9,45 @@
 Every item is a dict with ``question`` and ``answer`` (gold final answer as text), optionally
 ``solution`` (a gold worked solution) and ``family`` (testbed), or ``kind`` (how the answer is
 graded), ``id``, ``choices`` and ``prompt`` (its few-shot prompt) for benchmark items.
+
+Training and test data never share a file: a benchmark's local files are given per split
+(``dataset.files.gsm8k.train`` / ``.test``), and ``load_data`` compares the training questions with
+every test set (normalised text) and refuses a run whose training set holds test questions
+(``dataset.overlap``: error | drop | warn).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from imm.data.benchmarks import BENCHMARKS
+
+log = logging.getLogger(__name__)
+
 KINDS = ("testbed", "jsonl", "benchmarks")
+OVERLAP = ("error", "drop", "warn")
+
+
+@dataclass
+class SplitFiles:
+    """A benchmark's local files, one per split (None = load that split from the hub)."""
+    train: Optional[str] = None  # rows the loop samples from (dataset.train_set only)
+    test: Optional[str] = None  # rows of the test set
+
+
+def _split_files(name: str, value) -> SplitFiles:
+    """Python callers may pass plain dicts; one path for both splits is refused (it trains on the test set)."""
+    if isinstance(value, SplitFiles):
+        return value
+    if isinstance(value, dict):
+        return SplitFiles(**value)
+    raise ValueError(f"dataset.files.{name}={value!r}: give one file per split, "
+                     f"dataset.files.{name}.train=... and/or dataset.files.{name}.test=...")
 
 
 @dataclass
@@ -34,12 +63,18 @@ class DatasetConfig:
     test_files: Dict[str, str] = field(default_factory=dict)  # jsonl: test set name -> file
     train_set: str = ""  # benchmarks: the benchmark whose train split the loop samples (e.g. gsm8k)
     test_sets: List[str] = field(default_factory=list)  # benchmarks: evaluation suite (imm/benchmarks.py names)
-    files: Dict[str, str] = field(default_factory=dict)  # benchmarks: local files by benchmark name (else the hub)
+    # benchmarks: local files by benchmark and split (else the hub); every benchmark is declared so
+    # that `dataset.files.gsm8k.test=path` composes as written
+    files: Dict[str, SplitFiles] = field(default_factory=lambda: {name: SplitFiles() for name in BENCHMARKS})
     shots: int = 10  # benchmarks: worked examples in the sampling/evaluation prompt (paper: 10)
+    overlap: str = "error"  # training questions found in a test set: error (refuse) | drop them | warn
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"dataset.kind={self.kind!r} is not one of {KINDS}")
+        if self.overlap not in OVERLAP:
+            raise ValueError(f"dataset.overlap={self.overlap!r} is not one of {OVERLAP}")
+        self.files = {name: _split_files(name, v) for name, v in self.files.items()}
         if self.kind == "jsonl":
             if not self.train_file:
                 raise ValueError("dataset.train_file is required when dataset.kind=jsonl")
@@ -53,12 +88,16 @@ class DatasetConfig:
         if self.kind == "benchmarks":
             from imm.data import benchmarks
 
-            for name in [self.train_set, *self.test_sets]:
-                if benchmarks.get(name).hub is None and name not in self.files:  # get() names valid ones
-                    raise FileNotFoundError(f"benchmark {name!r} has no hub id: give dataset.files.{name}")
-            for name, path in self.files.items():
-                if not os.path.exists(path):
-                    raise FileNotFoundError(f"dataset.files.{name}={path!r} does not exist")
+            needs = [(self.train_set, "train")] + [(name, "test") for name in self.test_sets]
+            for name, split in needs:
+                given = getattr(self.files.get(name, SplitFiles()), split)
+                if benchmarks.get(name).hub is None and not given:  # get() names valid ones
+                    raise FileNotFoundError(f"benchmark {name!r} has no hub id: give dataset.files.{name}.{split}")
+            for name, split_files in self.files.items():
+                for split in ("train", "test"):
+                    path = getattr(split_files, split)
+                    if path and not os.path.exists(path):
+                        raise FileNotFoundError(f"dataset.files.{name}.{split}={path!r} does not exist")
             unknown = set(self.id_sets + self.ood_sets) - set(self.test_sets)
             if unknown:
                 raise ValueError(f"dataset.id_sets/ood_sets name {sorted(unknown)}, not in dataset.test_sets")
@@ -72,6 +111,7 @@ class Data:
     tests: dict[str, list[dict]]  # test set name -> items
     id_sets: list[str]
     ood_sets: list[str]
+    overlap: dict[str, int] = field(default_factory=dict)  # test set -> training questions found in it
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -89,6 +129,11 @@ def _cap(items: list[dict], n: int) -> list[dict]:
 
 
 def load_data(cfg: DatasetConfig) -> Data:
+    """The training questions and test sets, checked for training questions that are test questions."""
+    return check_overlap(_load(cfg), cfg.overlap)
+
+
+def _load(cfg: DatasetConfig) -> Data:
     if cfg.kind == "testbed":
         from imm.data.world import problems
 
@@ -110,7 +155,8 @@ def _benchmarks(cfg: DatasetConfig) -> Data:
     from imm.data.prompts import build_prompt
 
     def load(name: str, split: str | None, n: int) -> list[dict]:
-        items = load_benchmark(name, split, cfg.files.get(name), limit=n)
+        path = getattr(cfg.files.get(name, SplitFiles()), split or "test")
+        items = load_benchmark(name, split, path, limit=n)
         for item in items:
             item["prompt"] = build_prompt(item["question"], name, cfg.shots)
         return items
@@ -120,3 +166,35 @@ def _benchmarks(cfg: DatasetConfig) -> Data:
     id_sets = cfg.id_sets or [n for n in cfg.test_sets if n == cfg.train_set]
     ood = cfg.ood_sets or [n for n in cfg.test_sets if n not in id_sets]
     return Data(train, tests, id_sets, ood)
+
+
+def normalise(question: str) -> str:
+    """Question text compared for overlap: case, punctuation and spacing do not tell two apart."""
+    return " ".join(re.sub(r"[^\w]+", " ", question.lower()).split())
+
+
+def check_overlap(data: Data, policy: str = "error") -> Data:
+    """Counts training questions that appear in each test set; ``policy`` says what happens then.
+
+    error (the default) refuses: a leaked test question inflates exactly the accuracies a run is
+    for, and silently. drop removes those questions from the training set; warn keeps them and
+    logs loudly. The counts stay in ``data.overlap`` either way (the loop logs them to MLflow)."""
+    train = {normalise(item["question"]) for item in data.train}
+    data.overlap = {name: sum(normalise(item["question"]) in train for item in items)
+                    for name, items in data.tests.items()}
+    found = {name: n for name, n in data.overlap.items() if n}
+    if not found:
+        return data
+    message = (f"training questions appear in test sets: {found} "
+               f"({sum(found.values())} test items); dataset.overlap={policy}")
+    if policy == "error":
+        raise ValueError(message + ": give the training split and the test split separate files "
+                                   "(dataset.files.<name>.train / .test), or set dataset.overlap=drop")
+    if policy == "drop":
+        leaked = {normalise(item["question"]) for items in data.tests.values() for item in items}
+        before = len(data.train)
+        data.train = [item for item in data.train if normalise(item["question"]) not in leaked]
+        log.warning("%s: dropped %d training questions", message, before - len(data.train))
+    else:
+        log.warning("!!! %s: these test scores are not clean !!!", message)
+    return data

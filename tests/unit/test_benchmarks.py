@@ -109,7 +109,8 @@ def test_benchmark_suite_loads_with_few_shot_prompts():
     """dataset.kind=benchmarks: train on one benchmark, evaluate ID and OOD sets, from local files."""
     from imm.data import DatasetConfig, load_data
 
-    files = {name: str(FIX / name / "test.jsonl") for name in ("gsm8k", "asdiv", "mathqa")}
+    files = {name: {"test": str(FIX / name / "test.jsonl")} for name in ("gsm8k", "asdiv", "mathqa")}
+    files["gsm8k"]["train"] = str(FIX / "gsm8k" / "train.jsonl")
     cfg = DatasetConfig(name="gsm8k", kind="benchmarks", train_set="gsm8k", test_sets=["gsm8k", "asdiv", "mathqa"],
                         files=files, shots=2, n_test=2)
     data = load_data(cfg)
@@ -124,7 +125,7 @@ def test_benchmark_suite_loads_with_few_shot_prompts():
 def test_benchmark_without_hub_needs_a_file():
     from imm.data import DatasetConfig
 
-    with pytest.raises(FileNotFoundError, match="dataset.files.mawps"):
+    with pytest.raises(FileNotFoundError, match="dataset.files.mawps.test"):
         DatasetConfig(kind="benchmarks", train_set="gsm8k", test_sets=["mawps"])
     with pytest.raises(KeyError, match="valid"):
         DatasetConfig(kind="benchmarks", train_set="gsm9k")
