@@ -77,5 +77,5 @@ def test_paper_shaped_run_logs_every_metric(rehearsal, dataset, tmp_path):
     assert got[("gen/sampled", 1)] == 16 and got[("sft/rows", 1)] >= 1  # 8 questions x k 2; gold rows trained
     assert 0.8 < got[("merge/density", 1)] < 1.0  # DARE p 0.1 dropped about a tenth of the update
     job = next((tmp_path / "jobs").iterdir())
-    for name in ("sft1", "merge1", "sft2", "merge2"):  # merges are written sharded, with an index
-        assert list((job / name).glob("model*.safetensors")) and (job / name / "config.json").is_file()
+    for name in ("sft1", "merge1", "sft2", "merge2"):  # the merge writes shards and an index
+        assert list((job / name).glob("model*.safetensors")), name
