@@ -22,7 +22,6 @@ import atexit
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -34,7 +33,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 120.0  # s for a new worker to import math-verify, on a loaded machine
-WORKER_CODE = "from imm.grading.pool import serve; serve()"
+WORKER_CODE = "from imm.grading.worker import serve; serve()"
 ITEM_KEYS = ("answer", "kind", "choices")  # what a check reads of an item (not its prompt)
 
 
@@ -170,18 +169,3 @@ def close_shared_pool() -> None:
         if _POOL is not None and _POOL_PID == os.getpid():
             _POOL.close()
         _POOL = None
-
-
-def serve() -> None:
-    """A worker's loop: one JSON message [answer, item, timeout] a line in, [correct, timed out] out."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_DFL)
-    out = os.fdopen(os.dup(1), "wb", buffering=0)
-    os.dup2(2, 1)  # a library's print goes to stderr, not into the answers
-    from imm.grading.checks import check_limited, latex_equal
-
-    latex_equal("1", "1")  # build math-verify's parsers before the first timed check
-    out.write(b'"ready"\n')
-    for line in sys.stdin.buffer:
-        pred, item, timeout = json.loads(line)
-        out.write(json.dumps(check_limited(pred, item, timeout)).encode() + b"\n")
