@@ -176,7 +176,7 @@ def synthesize_stage(ctx: Context, model: ModelRef, t: int) -> tuple[str, list[d
 
     def compute(tmp: Path) -> None:
         prompts = [ctx.item_prompt(item) for item in ctx.data.train]
-        engine = ctx.cfg.engine
+        engine, decoded = ctx.cfg.engine, {}  # decoded: the hf backend's figures (vllm: none)
         if engine.backend == "vllm":
             from imm.sampling.vllm import synthesize_vllm
 
@@ -190,13 +190,14 @@ def synthesize_stage(ctx: Context, model: ModelRef, t: int) -> tuple[str, list[d
             net = ctx.load(model)
             device = str(net.device)
             log.info("synthesize on %s", device)
-            samples = generate.synthesize(net, tok, prompts, ctx.cfg.generate, t, engine)
+            samples = generate.synthesize(net, tok, prompts, ctx.cfg.generate, t, engine, stats=decoded)
         kept, y = keep_correct(ctx.data.train, samples, t)
         extra = methods.gold_fallback(ctx.data.train, kept, t) if gold else []  # the yield stays the model's
         write_jsonl(tmp / "kept.jsonl", kept + extra)
         write_json(tmp / "yield.json", {"sampled": y.sampled, "kept": y.kept, "questions": y.questions,
                                         "covered": y.covered, "yield": y.rate, "coverage": y.coverage,
-                                        "no_answer": y.no_answer, "timeouts": y.timeouts, "device": device}
+                                        "no_answer": y.no_answer, "timeouts": y.timeouts, "device": device,
+                                        "new_tokens": decoded.get("new_tokens")}
                    | ({"gold_rows": len(extra)} if gold else {}))
 
     path, _ = ctx.store.get_or_compute("synthesize", key, compute, files=("kept.jsonl", "yield.json"))

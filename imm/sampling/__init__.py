@@ -8,6 +8,7 @@ sequences leave the batch (imm/decoding.py).
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -20,6 +21,7 @@ from imm.sampling.decode import decode
 from imm.sampling.decode_compiled import decode_static
 from imm.sampling.engine import BACKENDS, EngineConfig
 
+log = logging.getLogger(__name__)
 ENGINE_KEYS = ("backend", "compile", "tensor_parallel_size", "batch_size")  # generate.<x>: the former names of engine.<x>
 
 MAX_ROWS = 512  # sequences decoded at once on CPU; more gives no speed, only memory
@@ -84,12 +86,14 @@ def auto_batch_size(model, n: int, max_tokens: int) -> int:
 
 def complete(model, tok, prompts: list[str], *, n: int = 1, temperatures: list[float] | float = 0.0,
              top_p: float = 1.0, max_new_tokens: int = 96, batch_size: int = 0, seed: int = 0,
-             desc: str = "generate", stops: tuple[str, ...] = STOP_STRINGS, compile: bool = False
-             ) -> list[list[str]]:
+             desc: str = "generate", stops: tuple[str, ...] = STOP_STRINGS, compile: bool = False,
+             stats: dict | None = None) -> list[list[str]]:
     """n completions per prompt (sample j at temperatures[j % len]; 0 = greedy), cut at the stop strings.
 
     ``compile``: static KV cache and a compiled step (imm/decoding_static.py) instead of imm's
-    row-dropping loop; every batch is padded to one prompt length and row count, so it compiles once."""
+    row-dropping loop; every batch is padded to one prompt length and row count, so it compiles once.
+    ``stats``: filled with the call's figures (new tokens generated, EOS excluded, per row and in
+    all; rows per decoding call; seconds), for throughput reports; the same figures are logged."""
     temps = [temperatures] * n if isinstance(temperatures, (int, float)) else \
         [temperatures[j % len(temperatures)] for j in range(n)]
     tok.padding_side = "left"
@@ -102,7 +106,7 @@ def complete(model, tok, prompts: list[str], *, n: int = 1, temperatures: list[f
     size = batch_size or auto_batch_size(model, n, max_new_tokens + width)
     gen = torch.Generator(device=model.device).manual_seed(seed)
     out: list[list[str]] = [[] for _ in prompts]
-    new_tokens, start = 0, time.perf_counter()
+    new_tokens, lengths, start = 0, [0] * (len(prompts) * n), time.perf_counter()
     bar = tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False, mininterval=2)
     for b in range(0, len(order), size):
         idx = order[b:b + size]
@@ -117,21 +121,30 @@ def complete(model, tok, prompts: list[str], *, n: int = 1, temperatures: list[f
         ids = decode_static(*args, **kw, seed=seed * 1_000_003 + b)[:len(idx) * n] if compile else \
             decode(*args, **kw, generator=gen)
         new_tokens += sum(map(len, ids))
+        for j, i in enumerate(idx):
+            lengths[i * n:(i + 1) * n] = map(len, ids[j * n:(j + 1) * n])
         texts = tok.batch_decode(ids, skip_special_tokens=True)
         for j, i in enumerate(idx):
             out[i] = [cut_at_stop(t, stops).strip() for t in texts[j * n:(j + 1) * n]]
         bar.update(len(idx))
         bar.set_postfix(tok_s=f"{new_tokens / (time.perf_counter() - start):.0f}")
     bar.close()
+    seconds = time.perf_counter() - start
+    log.info("%s: %d rows, %d new tokens in %.2f s (%.0f new tokens/s), %d rows a call", desc, len(lengths),
+             new_tokens, seconds, new_tokens / max(seconds, 1e-9), min(size, len(prompts)) * n)
+    if stats is not None:
+        stats.update(new_tokens=new_tokens, lengths=lengths, seconds=seconds, rows_per_call=min(size, len(prompts)) * n)
     return out
 
 
 def synthesize(model, tok, prompts: list[str], cfg: GenerateConfig, iteration: int,
-               engine: EngineConfig | None = None) -> list[list[dict]]:
-    """k samples per prompt as [{"text", "temperature"}], sample i at temperatures[i % len]."""
+               engine: EngineConfig | None = None, stats: dict | None = None) -> list[list[dict]]:
+    """k samples per prompt as [{"text", "temperature"}], sample i at temperatures[i % len]
+    (``stats``: as ``complete`` fills it)."""
     engine = (engine or EngineConfig()).given(cfg.engine_overrides())
     temps = [cfg.temperatures[i % len(cfg.temperatures)] for i in range(cfg.k)]
     texts = complete(model, tok, prompts, n=cfg.k, temperatures=temps, top_p=cfg.top_p,
                      max_new_tokens=cfg.max_new_tokens, batch_size=engine.batch_size,
-                     seed=cfg.seed * 1_000_003 + iteration, desc=f"sample it{iteration + 1}", compile=engine.compile)
+                     seed=cfg.seed * 1_000_003 + iteration, desc=f"sample it{iteration + 1}", compile=engine.compile,
+                     stats=stats)
     return [[{"text": t, "temperature": temp} for t, temp in zip(group, temps)] for group in texts]
