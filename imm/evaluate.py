@@ -1,6 +1,7 @@
 """Evaluation: pass@k on every test set (pass@1 greedy by default), with ID and OOD means, and per
 set the share of samples with no readable final answer and the number of checks that timed out
-(so format drift after SFT is not read as lost reasoning)."""
+(so format drift after SFT is not read as lost reasoning); for testbed sets also the shares of
+sound, shortcut and flawed reasoning among the right answers (imm/reasoning.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import List
 from imm.sampling import complete
 from imm.grading.checks import grade_groups
 from imm.grading.passk import mean_pass_at_k
+from imm.reasoning import item_records, step_metrics
 
 
 @dataclass
@@ -28,12 +30,15 @@ class EvalConfig:
 
 
 def evaluate(model, tok, data, prompt_fn, cfg: EvalConfig, desc: str = "eval", complete_fn=None,
-             compile: bool = False) -> dict[str, float]:
+             compile: bool = False, records: list | None = None) -> dict[str, float]:
     """Metrics {set: pass@1, set/pass_at_k: ..., id[/pass_at_k]: mean over ID sets, ood[/...]: OOD,
-    set/no_answer: share of samples without a final answer, set/timeouts: checks out of time}.
+    set/no_answer: share of samples without a final answer, set/timeouts: checks out of time,
+    set/sound_share, shortcut_share, flawed_share (testbed sets; id and ood pooled)}.
 
-    ``compile``: decode on the static, compiled path (imm.sampling.complete)."""
+    ``compile``: decode on the static, compiled path (imm.sampling.complete).
+    ``records``: a list that receives one row per test item (imm.reasoning.item_records)."""
     metrics: dict[str, float] = {}
+    rows: list[dict] = []
     for name, items in data.tests.items():
         prompts = [prompt_fn(it) for it in items]
         if complete_fn is not None:  # another engine (vLLM) on the model's folder
@@ -43,6 +48,7 @@ def evaluate(model, tok, data, prompt_fn, cfg: EvalConfig, desc: str = "eval", c
                             max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, desc=f"{desc} {name}",
                             compile=compile)
         verdicts, report = grade_groups(outs, items)
+        rows += item_records(name, outs, items, verdicts)
         counts = [(len(o), sum(ok)) for o, ok in zip(outs, verdicts)]
         metrics[f"{name}/no_answer"] = report.no_answer / max(1, len(report.correct))
         metrics[f"{name}/timeouts"] = report.timeouts
@@ -53,4 +59,7 @@ def evaluate(model, tok, data, prompt_fn, cfg: EvalConfig, desc: str = "eval", c
         for suffix in ["" if k == 1 else f"/pass_at_{k}" for k in cfg.ks]:
             if sets:
                 metrics[group + suffix] = sum(metrics[s + suffix] for s in sets) / len(sets)
+    metrics |= step_metrics(rows, {"id": data.id_sets, "ood": data.ood_sets})
+    if records is not None:
+        records += rows
     return metrics

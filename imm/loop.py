@@ -3,9 +3,13 @@
     for t in 0..T-1:
         kept  = synthesize(current model)                  # k samples per question, keep answer == gold
         rows  = trainset(method, kept of iterations 0..t)  # vanilla / mixture / accumulation
-        θ_sft = SFT(current model, rows)                   # response-only loss
+        θ_sft = SFT(current model, rows)                   # response-only loss; star: SFT(base model, rows)
         θ_m   = α·θ + (1−α)·(θ_prev + DARE(θ_sft − θ_prev)) # imm / iimm only (iimm: per-layer scales)
-        evaluate θ_sft (and θ_m) on the ID and OOD test sets
+        evaluate θ_sft (and θ_m) on the ID and OOD test sets, and per item against the base model
+
+On the testbed the kept samples and the right test answers are also read step by step (sound,
+shortcut, flawed: imm/reasoning.py), and every evaluation logs which items were forgotten or newly
+solved since the base model. ``lineage.jsonl`` in the job folder names each stage's input model.
 
 Every stage goes through the stage store (imm/stages.py): outputs shared between jobs are computed
 once, and a job that is killed and started again continues at its first unfinished stage.
@@ -24,6 +28,7 @@ from imm.config import Config
 from imm.data import load_data
 from imm.merge.rules import importance_scales
 from imm.models import load_tokenizer
+from imm.reasoning import transitions
 from imm.store import StageStore, write_jsonl
 from imm.tracking import Tracker
 from imm.analysis.weight_change import weight_change
@@ -36,6 +41,8 @@ class Result:
     rows: list[tuple[str, dict[str, float]]] = field(default_factory=list)  # ("Base"|"SFT t"|"Merge t", metrics)
     sets: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage, summed over iterations
+    kept: list[tuple[int, dict]] = field(default_factory=list)  # (iteration, yield with the kept step shares)
+    lineage: list[dict] = field(default_factory=list)  # {stage, step, model: input key, out: output key}
 
 
 def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
@@ -45,17 +52,19 @@ def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
     ctx = steps.Context(cfg, store, data, load_tokenizer(cfg.model.path),
                         load_tokenizer(cfg.teacher.path) if cfg.teacher else None)
     result = Result(sets=list(data.tests))
-    stage = _Stages(result, tracker)
-
     base = steps.base_ref(cfg.model)
     teacher = steps.base_ref(cfg.teacher, teacher=True) if cfg.teacher else None
+    stage = _Stages(result, tracker, {"id": data.id_sets, "ood": data.ood_sets})
     with stage("evaluate", 0):
-        stage.record("Base", "base", 0, steps.evaluate_stage(ctx, base))
+        stage.record("Base", "base", 0, *steps.evaluate_stage(ctx, base))
     model, kept_keys, history = base, [], []
     for t in range(cfg.run.iterations):
         step, prev = t + 1, model  # prev: θ_prev, the model this iteration starts from
+        start = base if cfg.method.restarts else model  # the model SFT fine-tunes (star: the base, afresh)
         with stage("generate", step):
             kept_key, kept, y = steps.synthesize_stage(ctx, teacher or model, t)  # distillation: the teacher samples
+        result.lineage.append({"stage": "synthesize", "step": step, "model": (teacher or model).key, "out": kept_key})
+        result.kept.append((step, y))
         kept_keys.append(kept_key)
         history.append(kept)
         tracker.metrics(_flat(y, "gen/"), step)  # numbers only (the device is text)
@@ -67,9 +76,9 @@ def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
             log.warning("iteration %d kept no sample: the model is left unchanged this iteration", step)
             tracker.metrics({"sft/skipped": 1.0}, step)
             previous = result.rows[-1][1]
-            stage.record(f"SFT {step} (=)", "sft", step, previous)
+            stage.record(f"SFT {step} (=)", "sft", step, previous, stage.last_items)
             if cfg.method.merges:
-                stage.record(f"Merge {step} (=)", "merged", step, previous)
+                stage.record(f"Merge {step} (=)", "merged", step, previous, stage.last_items)
             continue
 
         scales = None
@@ -77,37 +86,45 @@ def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
             cfg.method.merges and cfg.merge.name == "layer_adaptive" and cfg.merge.alpha_schedule == "importance")
         if needs_importance or cfg.run.layer_analysis:
             with stage("importance", step):
-                importance = steps.importance_stage(ctx, model, data_key, rows)
+                importance = steps.importance_stage(ctx, start, data_key, rows)
             scales = importance_scales(importance) if needs_importance else None
             tracker.metrics({f"importance/layer{n}": v for n, v in importance.items()}, step)
         with stage("sft", step):
-            tuned, stats = steps.sft_stage(ctx, model, data_key, rows, t)
+            tuned, stats = steps.sft_stage(ctx, start, data_key, rows, t)
+        result.lineage.append({"stage": "sft", "step": step, "model": start.key, "out": tuned.key})
         tracker.metrics(_flat(stats, "sft/") | {"sft/rows": len(rows)}, step)
         with stage("evaluate", step):
-            stage.record(f"SFT {step}", "sft", step, steps.evaluate_stage(ctx, tuned))
+            stage.record(f"SFT {step}", "sft", step, *steps.evaluate_stage(ctx, tuned))
         _link(out / f"sft{step}", tuned.path)
         if cfg.run.layer_analysis:  # Eq. 4: how far SFT moved each layer this iteration
-            moved = weight_change(steps.local_dir(model.path), tuned.path)
+            moved = weight_change(steps.local_dir(start.path), tuned.path)
             tracker.metrics({f"weight_change/layer{n}": v for n, v in moved.items()}, step)
-        model = tuned  # vanilla & co. continue from the SFT model; imm / iimm from the merged one
+        model = tuned  # vanilla & co. (star too) sample next from the SFT model; imm / iimm from the merged one
 
         if cfg.method.merges:
             with stage("merge", step):
                 merged, ms = steps.merge_stage(ctx, base, prev, tuned, scales, t)
+            result.lineage.append({"stage": "merge", "step": step, "model": prev.key, "sft": tuned.key,
+                                   "out": merged.key})
             tracker.metrics({f"merge/{k}": v for k, v in _flat(ms).items()}, step)  # totals and per tensor group
             with stage("evaluate", step):
-                stage.record(f"Merge {step}", "merged", step, steps.evaluate_stage(ctx, merged))
+                stage.record(f"Merge {step}", "merged", step, *steps.evaluate_stage(ctx, merged))
             _link(out / f"merge{step}", merged.path)
             model = merged
     tracker.metrics({"stages/executed": len(store.executed), "stages/reused": len(store.reused)}, cfg.run.iterations)
+    write_jsonl(out / "lineage.jsonl", [{"stage": "base", "step": 0, "out": base.key}] + result.lineage)
+    tracker.artifact(out / "lineage.jsonl")
     return result
 
 
 class _Stages:
-    """Times stages (``with stage(name, step)``) and records evaluation rows in the result and MLflow."""
+    """Times stages (``with stage(name, step)``) and records evaluation rows in the result and MLflow,
+    each with its per-item transitions from the base model (the first row recorded)."""
 
-    def __init__(self, result: Result, tracker: Tracker):
-        self.result, self.tracker = result, tracker
+    def __init__(self, result: Result, tracker: Tracker, groups: dict[str, list[str]]):
+        self.result, self.tracker, self.groups = result, tracker, groups
+        self.base_items: list[dict] | None = None
+        self.last_items: list[dict] = []
 
     @contextmanager
     def __call__(self, name: str, step: int):
@@ -116,7 +133,12 @@ class _Stages:
         took = time.perf_counter() - start
         self.result.seconds[name] = self.result.seconds.get(name, 0.0) + took
 
-    def record(self, label: str, kind: str, step: int, metrics: dict[str, float]) -> None:
+    def record(self, label: str, kind: str, step: int, metrics: dict[str, float], items: list[dict]) -> None:
+        if self.base_items is None:
+            self.base_items = items
+        else:
+            metrics = metrics | transitions(self.base_items, items, self.groups)
+        self.last_items = items
         self.result.rows.append((label, metrics))
         self.tracker.metrics({f"eval/{kind}/{k}": v for k, v in metrics.items()}, step)
         log.info("%s: ID %.3f  OOD %.3f", label, metrics.get("id", float("nan")), metrics.get("ood", float("nan")))

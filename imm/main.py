@@ -51,8 +51,12 @@ def sweep_id() -> str:
 
 
 def tags(cfg, prov: dict) -> dict[str, str]:
-    """The grid point's tags; ``sweep_id`` is the sweep that created the run (later ones add ``sweep.<id>``)."""
+    """The grid point's tags, every setting the baselines sweep varies among them (method, SFT
+    intervention, mixture's history share, whether SFT restarts from the base); ``sweep_id`` is the
+    sweep that created the run (later ones add ``sweep.<id>``)."""
     return {"method": cfg.method.name, "alpha": str(cfg.merge.alpha), "p": str(cfg.merge.p),
+            "sft_intervention": cfg.sft.intervention, "history_share": str(cfg.method.history_share),
+            "restart": str(cfg.method.restarts).lower(),
             "model": cfg.model.name, "dataset": cfg.dataset.name, "seed": str(cfg.run.seed),
             "sweep_id": sweep_id() or "single", "git_sha": prov["git_sha"]} | source_tags(prov["git_sha"])
 
@@ -123,7 +127,7 @@ def main(dcfg: DictConfig) -> float:
     finally:
         tracker.end(status)
     print(f"\n{name}  ({cfg.model.name} on {cfg.dataset.name}, {cfg.run.iterations} iterations)")
-    print(summary.table(result.rows, result.sets))
+    print(summary.table(result.rows, result.sets, result.kept))
     print("stage time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))
     print(f"stages: {len(store.executed)} executed, {len(store.reused)} reused")
     print(f"\n{tracker.location}\njob folder: {out}")

@@ -1,6 +1,8 @@
 """The self-improvement methods: which samples each iteration trains on, and whether it merges.
 
-- vanilla (STaR): this iteration's kept samples.
+- vanilla: this iteration's kept samples, fine-tuning the previous SFT model further.
+- star: as vanilla, but each iteration fine-tunes the *base* model afresh (STaR's restart); the
+  previous SFT model still samples the iteration's training data.
 - mixture: this iteration's samples plus ``history_share`` of the earlier iterations' kept samples.
 - accumulation: all kept samples of all iterations so far.
 - imm: as vanilla, then DARE-merge with the base model (Eq. 6).
@@ -14,18 +16,19 @@ import re
 from dataclasses import dataclass
 
 METHODS = {
-    # name: (training data, merges, importance-scaled merge)
-    "vanilla": ("current", False, False),
-    "mixture": ("mixture", False, False),
-    "accumulation": ("all", False, False),
-    "imm": ("current", True, False),
-    "iimm": ("current", True, True),
+    # name: (training data, merges, importance-scaled merge, SFT restarts from the base model)
+    "vanilla": ("current", False, False, False),
+    "star": ("current", False, False, True),
+    "mixture": ("mixture", False, False, False),
+    "accumulation": ("all", False, False, False),
+    "imm": ("current", True, False, False),
+    "iimm": ("current", True, True, False),
 }
 
 
 @dataclass
 class MethodConfig:
-    name: str = "imm"  # vanilla | mixture | accumulation | imm | iimm
+    name: str = "imm"  # vanilla | star | mixture | accumulation | imm | iimm
     history_share: float = 0.5  # mixture only: share of earlier iterations' kept samples added, [0, 1]
 
     def __post_init__(self) -> None:
@@ -41,6 +44,11 @@ class MethodConfig:
     @property
     def importance_scaled(self) -> bool:
         return METHODS[self.name][2]
+
+    @property
+    def restarts(self) -> bool:
+        """Whether each iteration's SFT starts from the base model rather than the model that sampled."""
+        return METHODS[self.name][3]
 
 
 def build_trainset(cfg: MethodConfig, history: list[list[dict]], seed: int) -> list[dict]:

@@ -24,6 +24,7 @@ from imm.grading.filtering import keep_correct
 from imm.analysis.importance import layer_importance
 from imm.merge.engine import merge_checkpoints
 from imm.models import ModelConfig, device_kind, load_model
+from imm.reasoning import kept_shares, kept_step_classes
 from imm.sampling import ENGINE_KEYS
 from imm.store import StageStore, digest, read_json, read_jsonl, write_json, write_jsonl
 
@@ -147,30 +148,37 @@ def sft_fields(cfg: Config, model: ModelRef, data: str, t: int) -> dict:
             "global_batch": sft.global_batch(cfg.sft, cfg.model.device)}
 
 
-def evaluate_stage(ctx: Context, model: ModelRef) -> dict[str, float]:
+def evaluate_stage(ctx: Context, model: ModelRef) -> tuple[dict[str, float], list[dict]]:
+    """The model's metrics and its per-item results (which items it got right, their text and, on the
+    testbed, step classes: imm/reasoning.py), kept in the stage folder as items.jsonl."""
     key = ctx.store.key("evaluate", **evaluate_fields(ctx.cfg, model))
 
     def compute(tmp: Path) -> None:
-        engine = ctx.cfg.engine
+        engine, items = ctx.cfg.engine, []
         if engine.backend == "vllm":
             from imm.sampling.vllm import complete_vllm
 
             log.info("evaluate on vllm (%d GPUs per engine)", engine.tensor_parallel_size)
             run = functools.partial(complete_vllm, str(local_dir(model.path)), dtype=_model_cfg(ctx, model).dtype,
                                     tensor_parallel_size=engine.tensor_parallel_size)
-            metrics = evaluate(None, ctx.tok, ctx.data, ctx.item_prompt, ctx.cfg.eval, complete_fn=run)
+            metrics = evaluate(None, ctx.tok, ctx.data, ctx.item_prompt, ctx.cfg.eval, complete_fn=run, records=items)
         else:
             net = ctx.load(model)
             log.info("evaluate on %s", net.device)
-            metrics = evaluate(net, ctx.tok, ctx.data, ctx.item_prompt, ctx.cfg.eval, compile=engine.compile)
+            metrics = evaluate(net, ctx.tok, ctx.data, ctx.item_prompt, ctx.cfg.eval, compile=engine.compile,
+                               records=items)
         write_json(tmp / "metrics.json", metrics)
+        write_jsonl(tmp / "items.jsonl", items)
 
-    path, _ = ctx.store.get_or_compute("evaluate", key, compute, files=("metrics.json",))
-    return read_json(path / "metrics.json")
+    path, _ = ctx.store.get_or_compute("evaluate", key, compute, files=("metrics.json", "items.jsonl"))
+    return read_json(path / "metrics.json"), read_jsonl(path / "items.jsonl")
 
 
 def synthesize_stage(ctx: Context, model: ModelRef, t: int) -> tuple[str, list[dict], dict]:
-    """Sample k solutions per training question and keep the correct ones: (key, kept rows, yield)."""
+    """Sample k solutions per training question and keep the correct ones: (key, kept rows, yield).
+
+    On the testbed each kept row carries its step class (``steps``) and the yield the shares of sound,
+    shortcut and flawed reasoning among the kept samples (imm/reasoning.py)."""
     gold = ctx.cfg.run.rehearsal_gold
     key = ctx.store.key("synthesize", **synthesize_fields(ctx.cfg, model, t))
 
@@ -192,13 +200,17 @@ def synthesize_stage(ctx: Context, model: ModelRef, t: int) -> tuple[str, list[d
             log.info("synthesize on %s", device)
             samples = generate.synthesize(net, tok, prompts, ctx.cfg.generate, t, engine, stats=decoded)
         kept, y = keep_correct(ctx.data.train, samples, t)
+        classes = kept_step_classes(kept, ctx.data.train)  # before the gold rows: they are not the model's
+        for row, c in zip(kept, classes):
+            if c is not None:
+                row["steps"] = c
         extra = methods.gold_fallback(ctx.data.train, kept, t) if gold else []  # the yield stays the model's
         write_jsonl(tmp / "kept.jsonl", kept + extra)
         write_json(tmp / "yield.json", {"sampled": y.sampled, "kept": y.kept, "questions": y.questions,
                                         "covered": y.covered, "yield": y.rate, "coverage": y.coverage,
                                         "no_answer": y.no_answer, "timeouts": y.timeouts, "device": device,
                                         "new_tokens": decoded.get("new_tokens")}
-                   | ({"gold_rows": len(extra)} if gold else {}))
+                   | kept_shares(classes) | ({"gold_rows": len(extra)} if gold else {}))
 
     path, _ = ctx.store.get_or_compute("synthesize", key, compute, files=("kept.jsonl", "yield.json"))
     return key, read_jsonl(path / "kept.jsonl"), read_json(path / "yield.json")

@@ -4,12 +4,19 @@
     python -m imm.report --experiment imm-testbed-testbed --sweep-id 2025-01-31_12-00-00
     python -m imm.report --filter p=0.1 --alpha 0.5 --method imm --out outputs/reports/main
     python -m imm.report --tracking-uri http://127.0.0.1:5000 --no-log
+    python -m imm.report --iteration 1 --alpha-convention paper   # first-iteration baselines, Table 3's α
 
 Writes to --out (default outputs/reports/<name>, name defaulting to the time):
-  alpha_table.{md,csv,tex}   α ablation (paper Table 3): rows = test sets, columns = α, final merged pass@1
-  alpha_long.csv             the same numbers unrounded: set, α, mean, std, n
+  alpha_table.{md,csv,tex}   α ablation (paper Table 3): rows = test sets, columns = α, final merged pass@1;
+                             α of Eq. 6 (the weight of the base model), or with --alpha-convention paper
+                             the paper's Table 3 α = 1 − α (its α = 0.1 column is the model nearest the base)
+  alpha_long.csv             the same numbers unrounded: set, α (Eq. 6), mean, std, n, α (Table 3)
   summary.{md,csv}           per method (and α): final ID and OOD pass@1 over seeds, with Base
+  baselines.{md,csv,tex}     paper Table 5: Base, vanilla, STaR-restart, mixture, accumulation, the SFT
+                             interventions, IMM, IIMM at --iteration (default each run's last), --alpha
   iterations.png, iterations_<set>.png, iterations.csv   Figs 6/7: Base, SFT 1, Merge 1, ... per method at --alpha
+  steps.png, steps.csv       testbed: sound / shortcut / flawed shares of kept samples and right answers per iteration
+  transitions.png, transitions.csv   testbed and benchmarks: items forgotten / newly solved since the base model
   passk.png, passk.csv       Figs 8/13, where runs logged pass@k (eval.n > 1)
   report.html                the tables and figures on one page (images inlined)
 Only FINISHED runs count (the others are reported as skipped); a rerun of a grid point replaces it.
@@ -22,8 +29,10 @@ import argparse
 import time
 from pathlib import Path
 
+from imm.report import baselines
 from imm.report import html
 from imm.report import plots
+from imm.report import reasoning
 from imm.report import tables
 from imm.report.tables import RunRecord
 from imm.tracking import SWEEP_KIND
@@ -65,7 +74,7 @@ def load_runs(uri: str, experiments: list[str] | None) -> tuple[list[RunRecord],
 def _record(client, run, experiment: str) -> RunRecord:
     metrics: dict[str, dict[int, float]] = {}
     for key in run.data.metrics:
-        if key.startswith("eval/"):  # only the scores: the other series are not reported
+        if key.startswith("eval/") or (key.startswith("gen/") and key.endswith("_share")):  # scores, step shares
             hist = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: (m.timestamp, m.step))
             # a step logged twice (an unchanged model re-recorded): the later value wins
             metrics[tables.canonical_key(key)] = {m.step: m.value for m in hist}
@@ -118,8 +127,13 @@ def write_alpha_table(g: tables.Grid, out: Path, method: str) -> tuple[list[Path
     md = tables.markdown(header, body, note)
     (out / "alpha_table.md").write_text(f"### {title}\n\n{md}")
     (out / "alpha_table.tex").write_text(tables.latex(header, body, f"{title}: {note}"))
-    long = [{"set": r, "alpha": c, "mean": s.mean, "std": s.std, "n": s.n}
-            for r in g.rows for c in g.cols if (s := g.cells.get((r, c))) is not None]
+    paper = g.corner == tables.ALPHA_AXES["paper"]
+    long = []  # α of Eq. 6 first in either convention, then the paper's
+    for r in g.rows:
+        for c in g.cols:
+            if (s := g.cells.get((r, c))) is not None:
+                eq6, table3 = (f"{1 - float(c):.10g}", c) if paper else (c, f"{1 - float(c):.10g}")
+                long.append({"set": r, "alpha": eq6, "mean": s.mean, "std": s.std, "n": s.n, "alpha_table3": table3})
     paths = [out / "alpha_table.md", tables.write_csv(out / "alpha_table.csv", header, body),
              out / "alpha_table.tex", tables.write_records(out / "alpha_long.csv", long)]
     return paths, md
@@ -134,12 +148,26 @@ def write_summary(rows: list[dict], out: Path) -> tuple[list[Path], str]:
     return [out / "summary.md", tables.write_csv(out / "summary.csv", header, body)], md
 
 
-def build(runs: list[RunRecord], out: Path, method: str, alpha: float, title: str) -> tuple[list[Path], str]:
-    """Every table and figure into ``out``; returns the files and the text to print."""
+def write_baselines(g: tables.Grid, out: Path, alpha: float) -> tuple[list[Path], str]:
+    header, body, _ = tables.grid_text(g)
+    note = (f"pass@1 (%) at {g.corner} (merged model for merging methods, at α={alpha:g}); mean ± sample std "
+            f"over seeds; {baselines.KEPT_SOUND}: share of the kept samples of that iteration with sound steps")
+    md = tables.markdown(header, body, note)
+    (out / "baselines.md").write_text(f"### Baselines ({g.corner})\n\n{md}")
+    (out / "baselines.tex").write_text(tables.latex(header, body, f"Baselines at {g.corner}: {note}"))
+    return [out / "baselines.md", tables.write_csv(out / "baselines.csv", header, body), out / "baselines.tex"], md
+
+
+def build(runs: list[RunRecord], out: Path, method: str, alpha: float, title: str, iteration: int | None = None,
+          convention: str = "eq6") -> tuple[list[Path], str]:
+    """Every table and figure into ``out``; returns the files and the text to print.
+
+    ``iteration``: the baselines table's (None: each run's last); ``convention``: the α table's axis
+    ("eq6": α weights the base model; "paper": Table 3's α = 1 − α)."""
     out.mkdir(parents=True, exist_ok=True)
     files, text = [], []
     if any(r.method == method for r in runs):
-        paths, md = write_alpha_table(tables.alpha_table(runs, method), out, method)
+        paths, md = write_alpha_table(tables.alpha_table(runs, method, convention), out, method)
         files += paths
         text.append(f"α ablation ({method})\n{md}")
     else:
@@ -153,10 +181,14 @@ def build(runs: list[RunRecord], out: Path, method: str, alpha: float, title: st
     if alphas and not any(r.merges for r in curves):  # the curves would silently lack imm/iimm
         text.append(f"curves: no merging run at α={alpha:g}, only at α {', '.join(alphas)} (choose with --alpha)")
     sets = tables.set_names(curves)
+    paths, md = write_baselines(baselines.baselines_table(curves, iteration), out, alpha)
+    files += paths
+    text.append(f"baselines\n{md}")
     points = tables.iteration_points(curves, sets)
     if points:
         files.append(tables.write_records(out / "iterations.csv", points))
         files += plots.iteration_figures(points, sets, out, f"{title} (merging methods at α={alpha:g})")
+    files += step_files(curves, sets, out, f"{title} (merging methods at α={alpha:g})")
     ks = tables.passk_sets(curves)
     if ks:
         rows = tables.passk_points(curves, ks)
@@ -165,6 +197,20 @@ def build(runs: list[RunRecord], out: Path, method: str, alpha: float, title: st
     else:
         text.append("pass@k: no run logged pass@k (evaluate with eval.n>1 eval.temperature>0 eval.ks=[1,2,4,8])")
     return files, "\n".join(text)
+
+
+def step_files(curves: list[RunRecord], sets: list[str], out: Path, title: str) -> list[Path]:
+    """steps.{csv,png} and transitions.{csv,png}, where the runs logged them."""
+    files = []
+    shares = reasoning.step_points(curves)
+    if shares:
+        files += [tables.write_records(out / "steps.csv", shares),
+                  plots.steps_figure(shares, out, f"{title}: step classes (%)")]
+    moves = reasoning.transition_points(curves, sets)
+    if moves:
+        files += [tables.write_records(out / "transitions.csv", moves),
+                  plots.transitions_figure(moves, sets, out, f"{title}: items since the base model (%)")]
+    return files
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -177,7 +223,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--filter", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                     help="tag filters (method=imm, p=0.1); dotted keys are params (run.iterations=3)")
     ap.add_argument("--method", default="imm", help="method of the α table (default imm)")
-    ap.add_argument("--alpha", type=float, default=0.5, help="α of merging methods in the curves (default 0.5)")
+    ap.add_argument("--alpha", type=float, default=0.5, help="α of merging methods in the curves and the "
+                                                             "baselines table (default 0.5)")
+    ap.add_argument("--alpha-convention", choices=sorted(tables.ALPHA_AXES), default="eq6",
+                    help="the α table's columns: eq6 = α of Eq. 6, the weight of the base model (merge.alpha); "
+                         "paper = the paper's Table 3, α = 1 − merge.alpha (default %(default)s)")
+    ap.add_argument("--iteration", type=int, help="iteration of the baselines table (default: each run's last; "
+                                                  "1 for the paper's first-iteration tables)")
     ap.add_argument("--name", default=time.strftime("%Y-%m-%d_%H-%M-%S"), help="report name (default: the time)")
     ap.add_argument("--out", type=Path, help="output folder (default outputs/reports/<name>)")
     ap.add_argument("--no-log", action="store_true", help="do not log the report back to MLflow")
@@ -194,7 +246,8 @@ def main(argv: list[str] | None = None) -> Path:
     if not runs:
         raise SystemExit(no_runs_message(experiments, filters, skipped))
     out = args.out or Path("outputs") / "reports" / args.name
-    files, text = build(runs, out, args.method, args.alpha, ", ".join(experiments))
+    files, text = build(runs, out, args.method, args.alpha, ", ".join(experiments), args.iteration,
+                        args.alpha_convention)
     files.append(html.page(out, f"imm report {args.name}: {', '.join(experiments)}"))
     print(f"{len(runs)} finished runs from {', '.join(experiments)}"
           + (f"; skipped: {', '.join(f'{n} {s}' for s, n in skipped.items())}" if skipped else ""))

@@ -13,7 +13,8 @@ table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;p
 th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}img{max-width:100%;margin:.5em 0 1.5em}
 .note{color:#666;font-size:90%}"""
 
-TABLES = (("alpha_table.csv", "α ablation (final merged pass@1, %)"), ("summary.csv", "Methods (final pass@1, %)"))
+TABLES = (("alpha_table.csv", "α ablation (final merged pass@1, %)"), ("summary.csv", "Methods (final pass@1, %)"),
+          ("baselines.csv", "Baselines (paper Table 5: pass@1 %, kept samples' sound share)"))
 
 
 def _table(path: Path) -> str:

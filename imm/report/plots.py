@@ -2,7 +2,10 @@
 
 - iteration curves like the paper's Figs 6/7: x = Base, SFT 1, Merge 1, SFT 2, ...; one line per method,
   mean over seeds with a ± std band;
-- pass@k curves like Figs 8/13: accuracy against k, final iteration.
+- pass@k curves like Figs 8/13: accuracy against k, final iteration;
+- step shares (steps.png): sound / shortcut / flawed shares of the kept samples per iteration, and
+  of the final model's right ID and OOD answers, one line per method;
+- transitions (transitions.png): per set, the items forgotten and newly solved since the base model.
 
 Run through ``python -m imm.report`` (see imm/report.py).
 """
@@ -20,8 +23,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from imm.report.tables import stage_labels  # noqa: E402
 
 # one look per method in every figure: (marker and line, colour)
-STYLES = {"Base": ("*--", "k"), "vanilla": ("o-", "C0"), "mixture": ("v-", "C2"), "accumulation": ("^-", "C4"),
-          "imm": ("s-", "C3"), "iimm": ("D-", "C1")}
+STYLES = {"Base": ("*--", "k"), "vanilla": ("o-", "C0"), "star": ("P-", "C5"), "mixture": ("v-", "C2"),
+          "accumulation": ("^-", "C4"), "imm": ("s-", "C3"), "iimm": ("D-", "C1"),
+          "vanilla+grad_decay": ("x--", "C6"), "vanilla+grad_clip": ("+--", "C7"), "vanilla+weight_mask": ("1--", "C8")}
 
 
 def _style(line: str) -> tuple[str, str | None]:
@@ -73,12 +77,7 @@ def iteration_figures(rows: list[dict], sets: list[str], out: Path, title: str) 
         _iteration_axes(ax, rows, set_name)
     for ax in list(axes.flat)[len(sets):]:
         ax.set_visible(False)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    height = fig.get_figheight()  # title and legend take a fixed 0.8 inch above the panels
-    fig.suptitle(title, fontsize=10, y=1 - 0.05 / height, va="top")
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.3 / height),
-               ncol=min(len(labels), 6) or 1, fontsize=9, frameon=False)
-    paths.append(_save(fig, out / "iterations.png", top=1 - 0.8 / height))
+    paths.append(_save(fig, out / "iterations.png", top=_legend_above(fig, axes, title)))
     return paths
 
 
@@ -105,6 +104,63 @@ def passk_figure(rows: list[dict], out: Path, title: str) -> Path:
         ax.set_visible(False)
     fig.suptitle(title, fontsize=10)
     return _save(fig, out / "passk.png")
+
+
+def _step_axes(ax, rows: list[dict], title: str, ylabel: str) -> None:
+    """One line per method over iterations (x = step), mean ± std band."""
+    for name in dict.fromkeys(_line_name(r) for r in rows):
+        pts = sorted((r for r in rows if _line_name(r) == name), key=lambda r: r["step"])
+        _band(ax, [r["step"] for r in pts], [r["mean"] for r in pts], [r["std"] for r in pts], _style(name), name)
+    steps = sorted({r["step"] for r in rows})
+    ax.set_xticks(steps, [str(s) for s in steps])
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+
+
+def _legend_above(fig, axes, title: str) -> float:
+    """The title and one legend of every line in any panel, above the panels; returns the panels' top
+    (a figure fraction) that leaves them room: 0.3 inch for the title, 0.25 inch a legend row."""
+    handles: dict[str, object] = {}
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    labels, height = list(handles), fig.get_figheight()
+    fig.suptitle(title, fontsize=10, y=1 - 0.05 / height, va="top")
+    fig.legend([handles[lab] for lab in labels], labels, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.3 / height),
+               ncol=min(len(labels), 6) or 1, fontsize=9, frameon=False)
+    return 1 - (0.55 + 0.25 * math.ceil(len(labels) / 6)) / height
+
+
+def steps_figure(rows: list[dict], out: Path, title: str) -> Path | None:
+    """steps.png: rows = what is read (kept samples, right ID answers, right OOD answers), columns =
+    sound / shortcut / flawed; None when no run logged step shares."""
+    sources = [o for o in ("kept", "id", "ood") if any(r["of"] == o for r in rows)]
+    if not sources:
+        return None
+    shares = ("sound", "shortcut", "flawed")
+    fig, axes = plt.subplots(len(sources), len(shares), figsize=(12.6, 3.2 * len(sources)), squeeze=False)
+    what = {"kept": "kept samples", "id": "right ID answers", "ood": "right OOD answers"}
+    for i, of in enumerate(sources):
+        for j, share in enumerate(shares):
+            mine = [r for r in rows if r["of"] == of and r["share"] == share]
+            _step_axes(axes[i][j], mine, f"{share}: {what[of]}", "share (%)")
+    return _save(fig, out / "steps.png", top=_legend_above(fig, axes, title))
+
+
+def transitions_figure(rows: list[dict], sets: list[str], out: Path, title: str) -> Path | None:
+    """transitions.png: rows = forgotten / newly solved since the base model, columns = test sets."""
+    sets = [s for s in sets if any(r["set"] == s for r in rows)]
+    if not sets:
+        return None
+    measures = ("forgotten", "newly_solved")
+    fig, axes = plt.subplots(2, len(sets), figsize=(3.6 * len(sets), 6.4), squeeze=False)
+    for i, measure in enumerate(measures):
+        for j, set_name in enumerate(sets):
+            mine = [r for r in rows if r["set"] == set_name and r["measure"] == measure]
+            _step_axes(axes[i][j], mine, f"{set_name}: {measure.replace('_', ' ')}", "share of items (%)")
+    return _save(fig, out / "transitions.png", top=_legend_above(fig, axes, title))
 
 
 def _save(fig, path: Path, top: float | None = None) -> Path:

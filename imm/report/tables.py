@@ -24,7 +24,13 @@ SETTING_KEYS = ("model", "dataset", "p")  # tags that split runs into separate l
 # records keep the canonical "pass@4" spelling
 PASSK_RE = re.compile(r"^pass(?:@|_at_|_at|_|-|:)?(\d+)$")
 PARAM_FALLBACK = {"method": "method.name", "alpha": "merge.alpha", "p": "merge.p", "seed": "run.seed",
-                  "model": "model.name", "dataset": "dataset.name"}  # for runs logged without a tag
+                  "model": "model.name", "dataset": "dataset.name", "sft_intervention": "sft.intervention",
+                  "history_share": "method.history_share"}  # for runs logged without a tag
+INTERVENTIONS = ("grad_decay", "grad_clip", "weight_mask")  # the SFT interventions (paper Table 5)
+# α of Eq. 6 weights the base model; the paper's Table 3 columns run the other way (its α = 0.1 column
+# is the model nearest the base): α_table = 1 − α
+ALPHA_AXES = {"eq6": "α (Eq. 6: weight of the base model)",
+              "paper": "α (paper Table 3: 1 − Eq. 6's α, weight of the self-improved model)"}
 
 
 @dataclass
@@ -50,6 +56,18 @@ class RunRecord:
             return float(self.tag("alpha"))
         except ValueError:
             return math.nan
+
+    @property
+    def intervention(self) -> str:
+        """The SFT intervention ("" for plain SFT)."""
+        name = self.tag("sft_intervention")
+        return "" if name in ("", "none") else name
+
+    @property
+    def line(self) -> str:
+        """The run's name in tables and figures: the method, with its SFT intervention if any
+        ("vanilla+grad_decay"), so runs that differ only in the intervention stay apart."""
+        return self.method + (f"+{self.intervention}" if self.intervention else "")
 
     @property
     def merges(self) -> bool:
@@ -129,7 +147,8 @@ def select(records: list[RunRecord], filters: dict[str, str]) -> tuple[list[RunR
 def grid_point(rec: RunRecord) -> tuple:
     # α does not change a non-merging run, so a method × α sweep holds copies of it: keep one per seed
     alpha = rec.tag("alpha") if rec.merges else ""
-    return (rec.experiment, rec.method, alpha, *(rec.tag(k) for k in SETTING_KEYS), rec.tag("seed"))
+    share = rec.tag("history_share") if rec.method == "mixture" else ""  # only mixture reads it
+    return (rec.experiment, rec.line, alpha, share, *(rec.tag(k) for k in SETTING_KEYS), rec.tag("seed"))
 
 
 def setting_labeller(records: list[RunRecord]):
@@ -139,8 +158,13 @@ def setting_labeller(records: list[RunRecord]):
 
 
 def method_order(name: str) -> tuple:
+    """Methods in METHODS' order, each followed by its runs with an SFT intervention ("vanilla+grad_clip")."""
     order = list(METHODS)
-    return (order.index(name), name) if name in order else (len(order), name)
+    method, _, intervention = name.partition("+")
+    rank = order.index(method) if method in order else len(order)
+    sub = INTERVENTIONS.index(intervention) + 1 if intervention in INTERVENTIONS else (len(INTERVENTIONS) + 1
+                                                                                       if intervention else 0)
+    return (rank, sub, name)
 
 
 def set_names(records: list[RunRecord]) -> list[str]:
@@ -190,11 +214,17 @@ class Grid:
     cells: dict[tuple[str, str], Stat]
 
 
-def alpha_table(records: list[RunRecord], method: str = "imm") -> Grid:
-    """Rows = test sets, columns = α sorted; cell = final pass@1 over seeds (merged model for imm/iimm)."""
-    runs = [r for r in records if r.method == method]
+def alpha_table(records: list[RunRecord], method: str = "imm", convention: str = "eq6") -> Grid:
+    """Rows = test sets, columns = α sorted; cell = final pass@1 over seeds (merged model for imm/iimm).
+
+    ``convention``: "eq6" labels the columns with α of Eq. 6 (the weight of the base model, as the
+    config's merge.alpha); "paper" with the paper's Table 3 α = 1 − α, its columns ascending."""
+    if convention not in ALPHA_AXES:
+        raise ValueError(f"α convention {convention!r} is not one of {sorted(ALPHA_AXES)}")
+    runs = [r for r in records if r.method == method and not r.intervention]
     label = setting_labeller(runs)
-    alphas = sorted({r.alpha for r in runs})
+    shown = (lambda a: a) if convention == "eq6" else (lambda a: round(1 - a, 10))  # noqa: E731
+    alphas = sorted({r.alpha for r in runs}, key=shown)
     rows = [(s, setting) for setting in sorted({label(r) for r in runs}) for s in set_names(runs)]
     cells: dict[tuple[str, str], Stat] = {}
     for set_name, setting in rows:
@@ -202,8 +232,9 @@ def alpha_table(records: list[RunRecord], method: str = "imm") -> Grid:
             group = [r for r in runs if r.alpha == a and label(r) == setting]
             cell = stat([final_value(r, set_name) for r in group])
             if cell is not None:
-                cells[(_row_name(set_name, setting), _fmt_alpha(a))] = cell
-    return Grid("α", [_row_name(s, g) for s, g in rows], [_fmt_alpha(a) for a in alphas], cells)
+                cells[(_row_name(set_name, setting), _fmt_alpha(shown(a)))] = cell
+    return Grid(ALPHA_AXES[convention], [_row_name(s, g) for s, g in rows], [_fmt_alpha(shown(a)) for a in alphas],
+                cells)
 
 
 def _row_name(set_name: str, setting: str) -> str:
@@ -222,7 +253,7 @@ def methods_summary(records: list[RunRecord]) -> list[dict[str, object]]:
     groups: dict[tuple, list[RunRecord]] = {}
     for r in records:
         alpha = _fmt_alpha(r.alpha) if r.merges else "–"
-        groups.setdefault((label(r), method_order(r.method), alpha), []).append(r)
+        groups.setdefault((label(r), method_order(r.line), alpha), []).append(r)
     out = []
     for setting in sorted({k[0] for k in groups}):
         runs = [r for k, rs in groups.items() if k[0] == setting for r in rs]
@@ -231,7 +262,7 @@ def methods_summary(records: list[RunRecord]) -> list[dict[str, object]]:
         for key in sorted(k for k in groups if k[0] == setting):
             rs = groups[key]
             vals = {s: stat([final_value(r, s) for r in rs]) for s in SUMMARY_SETS}
-            out.append(_summary_row(setting, key[1][1], key[2], len(rs), vals))
+            out.append(_summary_row(setting, key[1][-1], key[2], len(rs), vals))
     return out
 
 
@@ -257,9 +288,9 @@ def iteration_points(records: list[RunRecord], sets: list[str]) -> list[dict[str
     label = setting_labeller(records)
     lines: dict[tuple, list[RunRecord]] = {}
     for r in records:
-        lines.setdefault((label(r), method_order(r.method)), []).append(r)
+        lines.setdefault((label(r), method_order(r.line)), []).append(r)
     rows = []
-    for (setting, (_, method)), runs in sorted(lines.items()):
+    for (setting, (*_, method)), runs in sorted(lines.items()):
         steps = sorted({s for r in runs for k, h in r.metrics.items() if k.startswith("eval/") for s in h})
         kinds = [("Merge", "merged"), ("SFT", "sft")] if runs[0].merges else [("SFT", "sft")]
         for set_name in sets:
@@ -290,8 +321,8 @@ def passk_points(records: list[RunRecord], ks_by_set: dict[str, list[int]]) -> l
     """Tidy rows (line, set, k, mean, std, n): Base, each method's final model, and the SFT model under merges."""
     label = setting_labeller(records)
     lines: dict[str, list[tuple[RunRecord, str]]] = {}
-    for r in sorted(records, key=lambda r: method_order(r.method)):
-        name = r.method + (f" ({label(r)})" if label(r) else "")
+    for r in sorted(records, key=lambda r: method_order(r.line)):
+        name = r.line + (f" ({label(r)})" if label(r) else "")
         lines.setdefault(name, []).append((r, final_kind(r)))
         if r.merges:
             lines.setdefault(f"{name} SFT", []).append((r, "sft"))

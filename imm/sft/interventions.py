@@ -21,11 +21,13 @@ def value(name: str, given: float) -> float:
     return given or PAPER_VALUES[name]
 
 
-def decay_step_size(opt, name: str, val: float, epoch: int) -> None:
-    """After the schedule set this step's learning rate: scale it by γ^epoch (grad_decay only)."""
-    if name == "grad_decay" and epoch:
-        for group in opt.param_groups:
-            group["lr"] *= val ** epoch
+def decay_step_size(opt, scheduled: list[float], name: str, val: float, epoch: int) -> None:
+    """Before an optimizer step of epoch ``epoch`` (0-based): its learning rate is the schedule's
+    (``scheduled``, one per parameter group) times γ^epoch (grad_decay only), so the factor of epoch e
+    is in place from epoch e's first step on."""
+    if name == "grad_decay":
+        for group, lr in zip(opt.param_groups, scheduled, strict=True):
+            group["lr"] = lr * val ** epoch
 
 
 def clip_norm(name: str, val: float, default: float) -> float:

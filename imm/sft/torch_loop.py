@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from imm.sft import interventions
+import imm.sft.interventions as interventions
 from imm.sft.config import SFTConfig
 
 IGNORE = -100
@@ -72,7 +72,7 @@ def train(model, tok, rows: list[dict], prompt_fn, cfg: SFTConfig, iteration: in
     max_norm = interventions.clip_norm(how, val, cfg.max_grad_norm)
     before = {n: p.detach().clone() for n, p in model.named_parameters()} if how == "weight_mask" else None
     model.train()
-    losses, tokens, padded, start = [], 0, 0, time.perf_counter()
+    losses, lrs, tokens, padded, start = [], [], 0, 0, time.perf_counter()
     bar = tqdm(total=total, desc=f"sft it{iteration}", unit="step", leave=False, mininterval=2)
     for epoch in range(cfg.epochs):
         chunks = batches(examples, cfg.batch_size, rng)
@@ -91,10 +91,11 @@ def train(model, tok, rows: list[dict], prompt_fn, cfg: SFTConfig, iteration: in
                 scaler.unscale_(opt)
                 if max_norm:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+                interventions.decay_step_size(opt, sched.get_last_lr(), how, val, epoch)  # this step's epoch
+                lrs.append(opt.param_groups[0]["lr"])
                 scaler.step(opt)
                 scaler.update()
                 sched.step()
-                interventions.decay_step_size(opt, how, val, epoch)
                 opt.zero_grad(set_to_none=True)
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
@@ -104,4 +105,5 @@ def train(model, tok, rows: list[dict], prompt_fn, cfg: SFTConfig, iteration: in
     last = losses[-max(1, len(losses) // cfg.epochs):]
     return {"loss": sum(last) / len(last), "first_loss": losses[0], "steps": total,
             "tokens_per_s": tokens / (time.perf_counter() - start), "pad_share": 1 - tokens / max(padded, 1),
-            "kept_share": kept, "global_batch": cfg.batch_size * accum, "device": str(device)}
+            "kept_share": kept, "global_batch": cfg.batch_size * accum, "device": str(device),
+            "lrs": lrs}  # the learning rate of each optimizer step

@@ -96,7 +96,7 @@ def test_grid_after_a_single_run_reports_every_alpha(tmp_path):
     imm_main(*one, outputs=tmp_path)
     grid = imm_main("-m", "method=imm,vanilla", "merge.alpha=0.1,0.5,0.9", *one, outputs=tmp_path)
     (sweep_dir,) = (tmp_path / "multirun").iterdir()
-    assert "| α | 0.1 | 0.5 | 0.9 |" in grid.stdout  # the sweep reported itself
+    assert "| α (Eq. 6: weight of the base model) | 0.1 | 0.5 | 0.9 |" in grid.stdout  # the sweep reported itself
     client, runs = runs_of(tmp_path)
     assert len(runs) == 6  # the single run continued, not duplicated
     reused = [r for r in runs if r.data.tags["sweep_id"] == "single"]
@@ -109,7 +109,7 @@ def test_grid_after_a_single_run_reports_every_alpha(tmp_path):
                              "--sweep-id", sweep_dir.name, "--out", str(tmp_path / "rep"), "--no-log"],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-3000:]
-    assert "| α | 0.1 | 0.5 | 0.9 |" in report.stdout
+    assert "| α (Eq. 6: weight of the base model) | 0.1 | 0.5 | 0.9 |" in report.stdout
     header = (tmp_path / "rep" / "alpha_table.csv").read_text().splitlines()[0]
     assert header.split(",")[1:] == ["0.1", "0.5", "0.9"]
 

@@ -18,7 +18,7 @@ import pytest
 from mlflow.entities import Metric, Param
 
 from imm.report import cli as report
-from imm.report.tables import RunRecord, Stat, canonical_key, fmt, select, stat
+from imm.report.tables import ALPHA_AXES, RunRecord, Stat, canonical_key, fmt, select, stat
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENT = "imm-testbed-testbed"
@@ -49,13 +49,16 @@ def eval_metrics(method, alpha, seed, kind, step, drop=()) -> dict[str, float]:
     return {f"eval/{kind}/{k}": v for k, v in m.items() if f"eval/{kind}/{k}" not in drop}
 
 
-def log_run(client, exp_id, method, alpha, seed, status="FINISHED", sweep="sweep-a", drop=(), offset=0.0):
+def log_run(client, exp_id, method, alpha, seed, status="FINISHED", sweep="sweep-a", drop=(), offset=0.0,
+            tags=None, params=None, steps_logged=None):
+    """One run; ``steps_logged(step, kind)``: extra metrics (step shares, transitions) of each model."""
     tags = {"method": method, "alpha": str(alpha), "p": "0.1", "model": "testbed", "dataset": "testbed",
-            "seed": str(seed), "sweep_id": sweep, "git_sha": "abc123"}
+            "seed": str(seed), "sweep_id": sweep, "git_sha": "abc123"} | (tags or {})
     run = client.create_run(exp_id, run_name=f"{method}-a{alpha}-p0.1-s{seed}", tags=tags)
     rid = run.info.run_id
     client.log_batch(rid, params=[Param("merge.alpha", str(alpha)), Param("run.iterations", str(T)),
-                                  Param("eval.ks", "[1, 2, 4]"), Param("method.name", method)])
+                                  Param("eval.ks", "[1, 2, 4]"), Param("method.name", method)]
+                     + [Param(k, v) for k, v in (params or {}).items()])
     now = int(time.time() * 1000)
     steps = [(0, "base")] + [(t, k) for t in range(1, T + 1) for k in ("sft", "merged")
                              if k == "sft" or method in ("imm", "iimm")]
@@ -66,19 +69,26 @@ def log_run(client, exp_id, method, alpha, seed, status="FINISHED", sweep="sweep
         metrics += [Metric(k.replace("@", "_at_"), v + offset, now, step) for k, v in values.items()]
         if step:
             metrics += [Metric("gen/yield", 0.5, now, step), Metric("sft/loss", 0.7, now, step)]
+        if step and steps_logged:
+            metrics += [Metric(k, v, now, step) for k, v in steps_logged(step, kind).items()]
     for i in range(0, len(metrics), 500):
         client.log_batch(rid, metrics=metrics[i:i + 500])
     client.set_terminated(rid, status)
     return rid
 
 
+def new_store(root: Path):
+    """An empty MLflow store in ``root`` with the testbed's experiment: (uri, client, experiment id)."""
+    uri = f"sqlite:///{root}/mlflow.db"
+    client = mlflow.MlflowClient(uri)
+    return uri, client, client.create_experiment(EXPERIMENT, artifact_location=(root / "mlartifacts").as_uri())
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """The store, the in-process report (logged back to MLflow) and its folder."""
     root = tmp_path_factory.mktemp("report")
-    uri = f"sqlite:///{root}/mlflow.db"
-    client = mlflow.MlflowClient(uri)
-    exp_id = client.create_experiment(EXPERIMENT, artifact_location=(root / "mlartifacts").as_uri())
+    uri, client, exp_id = new_store(root)
     for seed in range(3):
         for alpha in (0.1, 0.5, 0.9):
             log_run(client, exp_id, "imm", alpha, seed)
@@ -106,7 +116,7 @@ def expected_cell(alpha, name, seeds=(0, 1, 2), kind="merged") -> str:
 
 def test_alpha_table_cells_are_the_final_merged_means(store):
     rows = read_csv(store["out"] / "alpha_table.csv")
-    assert rows[0] == ["α", "0.1", "0.3", "0.5", "0.9"]
+    assert rows[0] == ["α (Eq. 6: weight of the base model)", "0.1", "0.3", "0.5", "0.9"]
     assert [r[0] for r in rows[1:]] == ALL_SETS
     cells = {(r[0], a): c for r in rows[1:] for a, c in zip(rows[0][1:], r[1:])}
     for alpha in ("0.1", "0.5", "0.9"):
@@ -120,7 +130,7 @@ def test_alpha_table_cells_are_the_final_merged_means(store):
 def test_alpha_table_files_share_the_shape(store):
     out = store["out"]
     long = read_csv(out / "alpha_long.csv")
-    assert long[0] == ["set", "alpha", "mean", "std", "n"]
+    assert long[0] == ["set", "alpha", "mean", "std", "n", "alpha_table3"]
     row = next(r for r in long if r[:2] == ["ood", "0.9"])
     vals = [eval_metrics("imm", 0.9, s, "merged", T)["eval/merged/ood"] for s in range(3)]
     assert float(row[2]) == pytest.approx(statistics.fmean(vals))
@@ -190,9 +200,9 @@ def test_cli_subprocess_filters_and_skips_failed(store, tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "skipped: 1 FAILED, 1 rerun" in proc.stdout  # seed 0 is in both sweeps: the newer (sweep-b) wins
-    assert "44.6 ± 4.1" not in proc.stdout and "| α | 0.5 |" in proc.stdout
+    assert "44.6 ± 4.1" not in proc.stdout and f"| {ALPHA_AXES['eq6']} | 0.5 |" in proc.stdout
     rows = read_csv(out / "alpha_table.csv")
-    assert rows[0] == ["α", "0.5"]
+    assert rows[0] == [ALPHA_AXES["eq6"], "0.5"]
     new = [100 * (eval_metrics("imm", 0.5, s, "merged", T)["eval/merged/id_addsub"] + (0.3 if s == 0 else 0))
            for s in range(3)]
     assert rows[1][1] == f"{statistics.fmean(new):.1f} ± {statistics.stdev(new):.1f}"
@@ -231,3 +241,105 @@ def test_passk_spellings_read_as_one(last):
     assert canonical_key(f"eval/merged/ood_mult/{last}") == "eval/merged/ood_mult/pass@4"
     assert canonical_key("eval/merged/ood_mult") == "eval/merged/ood_mult"
     assert canonical_key(f"gen/{last}") == f"gen/{last}"  # not an eval score: left alone
+
+
+# ---------------------------------------------------------------- α convention, Table 5, step shares
+
+def test_alpha_table_in_the_papers_convention(store, tmp_path):
+    """--alpha-convention paper: columns 1 − α ascending, each the same cell as its Eq. 6 column."""
+    out = tmp_path / "paper"
+    report.main(["--tracking-uri", store["uri"], "--experiment", EXPERIMENT, "--sweep-id", "sweep-a",
+                 "--out", str(out), "--alpha-convention", "paper", "--no-log"])
+    paper, eq6 = read_csv(out / "alpha_table.csv"), read_csv(store["out"] / "alpha_table.csv")
+    assert paper[0] == [ALPHA_AXES["paper"], "0.1", "0.5", "0.7", "0.9"]
+    assert [r[1:] for r in paper[1:]] == [r[1:][::-1] for r in eq6[1:]]  # the same cells, columns reversed
+    by = {(r[0], a): c for r in paper[1:] for a, c in zip(paper[0][1:], r[1:])}
+    assert by[("id_addsub", "0.5")] == "44.6 ± 4.1" and by[("ood", "0.1")] == expected_cell(0.9, "ood")
+    long = [dict(zip(read_csv(out / "alpha_long.csv")[0], r)) for r in read_csv(out / "alpha_long.csv")[1:]]
+    assert {(r["alpha"], r["alpha_table3"]) for r in long} == {("0.1", "0.9"), ("0.3", "0.7"), ("0.5", "0.5"),
+                                                              ("0.9", "0.1")}
+
+
+BASELINES = [  # (method, α, SFT intervention, how it is recorded, offset of its scores)
+    ("vanilla", 0.5, "none", "tag", 0.0), ("star", 0.5, "none", "tag", 0.02), ("mixture", 0.5, "none", "tag", 0.04),
+    ("accumulation", 0.5, "none", "tag", 0.06), ("vanilla", 0.5, "grad_decay", "tag", 0.08),
+    ("vanilla", 0.5, "grad_clip", "tag", 0.10), ("vanilla", 0.5, "weight_mask", "param", 0.12),  # an older run
+    ("imm", 0.5, "none", "tag", 0.14), ("iimm", 0.5, "none", "tag", 0.16), ("imm", 0.9, "none", "tag", 0.3)]
+ROW_NAMES = ["Base", "vanilla", "STaR-restart", "mixture", "accumulation", "gradient decay", "gradient clipping",
+             "weight masking", "IMM", "IIMM"]
+
+
+def shares_and_moves(offset):
+    """Step shares of kept samples and right answers, and transitions, drifting with the iteration."""
+    def logged(step, kind):
+        m = {f"eval/{kind}/{s}/forgotten": 0.05 * step + offset for s in ("id", "ood", "ood_mult")}
+        m |= {f"eval/{kind}/{s}/newly_solved": 0.1 + offset for s in ("id", "ood", "ood_mult")}
+        m |= {f"eval/{kind}/{g}/sound_share": 0.8 - 0.1 * step for g in ("id", "ood")}
+        if kind == "sft":
+            m |= {"gen/sound_share": 0.7 - 0.1 * step + offset, "gen/shortcut_share": 0.2 + 0.05 * step,
+                  "gen/flawed_share": 0.1 + 0.05 * step - offset}
+        return m
+    return logged
+
+
+@pytest.fixture(scope="module")
+def baseline_store(tmp_path_factory):
+    """The baselines sweep's runs (2 seeds), each told apart by its tags (or, older, its params)."""
+    root = tmp_path_factory.mktemp("baselines")
+    uri, client, exp_id = new_store(root)
+    for seed in range(2):
+        for method, alpha, how, where, offset in BASELINES:
+            tags = {"sft_intervention": how} if where == "tag" else {}
+            params = {"sft.intervention": how} if where == "param" else {}
+            log_run(client, exp_id, method, alpha, seed, offset=offset, tags=tags, params=params,
+                    steps_logged=shares_and_moves(offset))
+    return {"uri": uri, "root": root}
+
+
+def baseline_cell(method, offset, step, name, key=None):
+    kind = "merged" if method in ("imm", "iimm") else "sft"
+    vals = [shares_and_moves(offset)(step, "sft")[key] if key else
+            eval_metrics(method, 0.5, s, kind, step)[f"eval/{kind}/{name}"] + offset for s in range(2)]
+    return fmt(stat(vals))
+
+
+@pytest.mark.parametrize("iteration", [1, None])
+def test_baselines_table_at_an_iteration(baseline_store, tmp_path, iteration):
+    out = tmp_path / "t5"
+    args = ["--tracking-uri", baseline_store["uri"], "--out", str(out), "--no-log"]
+    report.main(args + (["--iteration", str(iteration)] if iteration else []))
+    step = iteration or T
+    rows = read_csv(out / "baselines.csv")
+    assert rows[0] == ["iteration 1" if iteration else "final iteration", *ALL_SETS, "kept sound"]
+    assert [r[0] for r in rows[1:]] == ROW_NAMES  # the four vanilla-method runs stay apart, IMM at α 0.5 only
+    cells = {r[0]: dict(zip(rows[0][1:], r[1:])) for r in rows[1:]}
+    for (method, alpha, _, _, offset), row in zip(BASELINES, ROW_NAMES[1:]):
+        for name in ("id_addsub", "ood"):
+            assert cells[row][name] == baseline_cell(method, offset, step, name), (row, name)
+        assert cells[row]["kept sound"] == baseline_cell(method, offset, step, None, "gen/sound_share"), row
+    # Base: per seed, the mean of the base scores its runs logged (here each run's offset shifts them too)
+    shift = statistics.fmean(b[4] for b in BASELINES if b[1] == 0.5)
+    assert cells["Base"]["kept sound"] == "" and cells["Base"]["id"] == fmt(
+        stat([score("vanilla", 0, s, "base", 0, "id_addsub") + shift for s in range(2)]))
+    assert "### Baselines" in (out / "baselines.md").read_text()
+    assert "Baselines (paper Table 5" in (out / "report.html").read_text()
+
+
+def test_step_shares_and_transitions_plotted_per_method(baseline_store, tmp_path):
+    out = tmp_path / "steps"
+    report.main(["--tracking-uri", baseline_store["uri"], "--out", str(out), "--no-log"])
+    for name in ("steps.png", "transitions.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == PNG and len(data) > 5000, name
+        assert f"alt='{name[:-4]}'" in (out / "report.html").read_text()
+    head, *body = read_csv(out / "steps.csv")
+    rows = [dict(zip(head, r)) for r in body]
+    kept = {(r["method"], r["share"], r["step"]): float(r["mean"]) for r in rows if r["of"] == "kept"}
+    assert kept[("star", "sound", "1")] == pytest.approx(0.62) and kept[("star", "sound", "2")] == pytest.approx(0.52)
+    assert kept[("vanilla+grad_decay", "flawed", "2")] == pytest.approx(0.12)
+    assert {r["of"] for r in rows} == {"kept", "id", "ood"} and "imm" in {r["method"] for r in rows}
+    head, *body = read_csv(out / "transitions.csv")
+    moves = {(r[1], r[2], r[3], r[4]): float(r[5]) for r in body}
+    assert head[:6] == ["setting", "method", "set", "measure", "step", "mean"]
+    assert moves[("imm", "ood", "forgotten", "2")] == pytest.approx(0.24)  # the merged model's, at α 0.5
+    assert moves[("vanilla", "ood_mult", "newly_solved", "1")] == pytest.approx(0.1)

@@ -20,7 +20,7 @@ def test_every_sweep_composes_every_job(sweep, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     params = OmegaConf.load(ROOT / "sweeps" / f"{sweep}.yaml").hydra.sweeper.params
     expected = math.prod(len(str(v).split(",")) for v in params.values())
-    if sweep == "baselines":  # the five methods and the three SFT interventions
-        assert expected == 8
+    if sweep == "baselines":  # the six methods and the three SFT interventions
+        assert expected == 9
     written = list((tmp_path / "jobs").glob("*/config.yaml"))
     assert out.stdout.count("dry run: config valid") == len(written) == expected
