@@ -8,9 +8,15 @@ The shipped weights in ``imm/assets/testbed`` came from exactly this command wit
 --device cuda`` (one of seeds 0-6 run with identical settings on one GPU, about 40 s each; the
 CPU was shared and ran at ~4 s/step). ``pretrain.json`` holds that run's record, the results of
 all seven seeds (``seed_sweep``: the world is learned in a fast, noisy phase, so seeds differ a
-lot) and a re-measurement on CPU (``cpu_eval``, from ``--evaluate``). On an idle 2-core CPU a run
-is about 2 steps/s, i.e. 5-8 minutes; CPU and GPU arithmetic differ, so a CPU rerun gives a
-statistically similar, not an identical, model.
+lot) and a re-measurement on CPU (``cpu_eval``, from ``--evaluate``). On CPU with one thread a
+step took 1.34 s (40 steps of ``--seed 2``, a 2-core machine shared with other jobs), so the
+shipped run's 500 steps take about 11 minutes plus about 3 minutes of evaluation; up to 900
+steps (no dev stop) about 20 minutes; a loaded machine is several times slower (450 steps took
+25 minutes at load 6-8). CPU and GPU arithmetic differ, so a CPU rerun gives a statistically
+similar, not an identical, model.
+
+``--world testbed_v2`` pretrains the second world instead (``problems.WORLDS``: the balanced ID
+family ``id_addsub_bal`` with the same three OOD families); see docs/world-v2.md.
 
 It builds the word-level tokenizer (:mod:`imm.data.world.tokenizer`), a ~1M-parameter
 ``Qwen2ForCausalLM`` (hidden 128, 4 layers, 4 heads, 2 KV heads, MLP 512, tied embeddings), and
