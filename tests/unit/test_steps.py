@@ -21,6 +21,10 @@ MULTISTEP = {"question": "Leo has 20 stamps. He buys 3 more, gives away 4, finds
                          "loses 2. How many stamps does he have now?",
              "answer": "23", "solution": "20 + 3 = 23. 23 - 4 = 19. 19 + 6 = 25. 25 - 2 = 23. "
                                          "The answer is 23.", "family": "ood_multistep"}
+BALANCED = {"question": "Amy has 13 books. She buys 6 more and then loses 6. "
+                        "How many books does she have now?",
+            "answer": "13", "solution": "13 + 6 = 19. 19 - 6 = 13. The answer is 13.",
+            "family": "id_addsub_bal"}
 
 CASES = [
     # in-domain
@@ -65,6 +69,14 @@ CASES = [
     (MULTISTEP, "20 + 3 = 23. 23 + 4 = 27. 27 - 6 = 21. 21 + 2 = 23. The answer is 23.",
      "flawed"),                                                      # three signs flipped: luck
     (MULTISTEP, "20 + 3 = 23. 23 - 4 = 19. 19 + 6 = 25. 25 - 2 = 23. The answer is 25.", "wrong"),
+    # the second world's ID family: a balanced story, where copying the start is right
+    (BALANCED, "13 + 6 = 19. 19 - 6 = 13. The answer is 13.", "sound"),
+    (BALANCED, "Amy gains 6 and loses 6, so the change is 6 - 6 = 0. 13 + 0 = 13. The answer is 13.",
+     "sound"),
+    (BALANCED, "The answer is 13.", "shortcut"),                      # copied the start
+    (BALANCED, "13 + 6 - 6 = 13. The answer is 13.", "shortcut"),
+    (BALANCED, "13 + 6 = 18. 18 - 6 = 13. The answer is 13.", "flawed"),  # wrong sum, right by luck
+    (BALANCED, "13 + 6 = 19. 19 - 5 = 14. The answer is 14.", "wrong"),
 ]
 
 

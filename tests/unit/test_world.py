@@ -169,3 +169,67 @@ def test_shipped_model_loads_and_answers():
                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     assert sum(final_answer(t) is not None for t in texts) >= 4
+
+
+# ----------------------------------------------------------------------------- the second world
+
+V2_ID, V2_OOD = problems.WORLDS["testbed_v2"]
+
+
+def test_worlds_registry_and_configs():
+    assert problems.WORLDS["testbed"] == (ID_FAMILY, OOD_FAMILIES)  # the shipped default
+    for id_family, ood in problems.WORLDS.values():
+        assert id_family in FAMILIES and set(ood) <= set(FAMILIES) and id_family not in ood
+    import yaml
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    ds = yaml.safe_load((conf / "dataset" / "testbed_v2.yaml").read_text())
+    assert (ds["kind"], ds["id_sets"], tuple(ds["ood_sets"])) == ("testbed", [V2_ID], V2_OOD)
+
+
+def test_shipped_world_unchanged():
+    """Adding families must not move a single question of the shipped world (or its vocabulary)."""
+    import hashlib
+    blob = json.dumps([make_split(f, "test", 50, 0) for f in ALL]).encode()
+    assert hashlib.sha256(blob).hexdigest()[:16] == "ca537ac27f4b2ff1"
+    assert problems.TOKENIZER_FAMILIES == ALL
+
+
+@pytest.mark.skipif(not (ASSETS / "tokenizer.json").exists(), reason="assets not built")
+def test_tokenizer_build_matches_shipped(tok):
+    from imm.data.world.tokenizer import load_tokenizer
+    assert tok.get_vocab() == load_tokenizer(ASSETS).get_vocab()
+    for it in make_split(V2_ID, "test", 50, 0):  # the new family needs no new word
+        assert tok.unk_token_id not in tok(format_prompt(it["question"]) + " " + it["solution"])["input_ids"]
+
+
+def test_balanced_family_shortcut_pays_on_id_only():
+    """"Copy the start" (the bare answer) is right on ~half the v2 ID items, rarely on OOD ones."""
+    from imm.data.world.steps import check_steps
+
+    def copy_rate(family):
+        ps = sample_problems(family, "test", 300, 0)
+        return sum(p.answer == p.start[0] for p in ps) / len(ps)
+
+    assert 0.4 <= copy_rate(V2_ID) <= 0.6
+    assert copy_rate(ID_FAMILY) < 0.2
+    assert all(copy_rate(f) < 0.1 for f in V2_OOD)
+    items = make_split(V2_ID, "test", 200, 0)
+    balanced = [(p, it) for p, it in zip(sample_problems(V2_ID, "test", 200, 0), items)
+                if [x for _, x in p.ops][0] == [x for _, x in p.ops][1]]
+    assert len(balanced) >= 80
+    for p, it in balanced:
+        assert it["answer"] == str(p.start[0])
+        assert check_steps(f"The answer is {p.start[0]}.", it) == "shortcut"
+        assert check_steps(render(p, "merged"), it) == "shortcut"
+        assert check_steps(render(p, "steps"), it) == "sound"
+    assert make_split(V2_ID, "train", 40, 0) == make_split(V2_ID, "train", 40, 0)
+
+
+def test_balanced_family_gold_and_disjoint():
+    for it in make_split(V2_ID, "test", 150, 0):
+        (lhs, rhs), *_ = EQ.findall(it["solution"]) or [(None, None)]
+        assert lhs is not None and _eval_chain(lhs) == int(rhs)
+        assert final_answer(it["solution"]) == it["answer"]
+    test = {i["question"] for i in make_split(V2_ID, "test", 300, 0)}
+    train = {i["question"] for i in make_split(V2_ID, "train", 300, 0)}
+    assert not test & train and all(split_of(q) == "test" for q in test)

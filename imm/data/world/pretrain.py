@@ -8,9 +8,15 @@ The shipped weights in ``imm/assets/testbed`` came from exactly this command wit
 --device cuda`` (one of seeds 0-6 run with identical settings on one GPU, about 40 s each; the
 CPU was shared and ran at ~4 s/step). ``pretrain.json`` holds that run's record, the results of
 all seven seeds (``seed_sweep``: the world is learned in a fast, noisy phase, so seeds differ a
-lot) and a re-measurement on CPU (``cpu_eval``, from ``--evaluate``). On an idle 2-core CPU a run
-is about 2 steps/s, i.e. 5-8 minutes; CPU and GPU arithmetic differ, so a CPU rerun gives a
-statistically similar, not an identical, model.
+lot) and a re-measurement on CPU (``cpu_eval``, from ``--evaluate``). On CPU with one thread a
+step took 1.34 s (40 steps of ``--seed 2``, a 2-core machine shared with other jobs), so the
+shipped run's 500 steps take about 11 minutes plus about 3 minutes of evaluation; up to 900
+steps (no dev stop) about 20 minutes; a loaded machine is several times slower (450 steps took
+25 minutes at load 6-8). CPU and GPU arithmetic differ, so a CPU rerun gives a statistically
+similar, not an identical, model.
+
+``--world testbed_v2`` pretrains the second world instead (``problems.WORLDS``: the balanced ID
+family ``id_addsub_bal`` with the same three OOD families); see docs/world-v2.md.
 
 It builds the word-level tokenizer (:mod:`imm.data.world.tokenizer`), a ~1M-parameter
 ``Qwen2ForCausalLM`` (hidden 128, 4 layers, 4 heads, 2 KV heads, MLP 512, tied embeddings), and
@@ -46,7 +52,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from imm.grading.checks import grade
 from imm.data.world.problems import (
-    FAMILIES, ID_FAMILY, OOD_FAMILIES, SHORTCUT_STYLES, format_prompt, make_split,
+    FAMILIES, ID_FAMILY, SHORTCUT_STYLES, WORLDS, format_prompt, make_split,
     render, sample_problems,
 )
 from imm.data.world.tokenizer import build_tokenizer
@@ -70,7 +76,8 @@ def build_corpus(args) -> list[str]:
     """Pretraining texts: prompt + " " + solution, one sampled style per problem."""
     rng = random.Random(f"corpus|{args.seed}")
     texts: list[str] = []
-    plan = {ID_FAMILY: args.n_id, **{f: args.n_ood for f in OOD_FAMILIES}}
+    id_family, ood_families = WORLDS[args.world]
+    plan = {id_family: args.n_id, **{f: args.n_ood for f in ood_families}}
     for spec in args.n_family:
         fam, n = spec.split("=")
         if fam not in FAMILIES:
@@ -80,7 +87,7 @@ def build_corpus(args) -> list[str]:
     for fam, n in plan.items():
         styles = FAMILIES[fam].full_styles
         for p in sample_problems(fam, "pretrain", n, args.seed):
-            if fam == ID_FAMILY and rng.random() < sum(shortcut_w):
+            if fam == id_family and rng.random() < sum(shortcut_w):
                 style = rng.choices(SHORTCUT_STYLES, weights=shortcut_w)[0]
             else:
                 style = rng.choice(styles)
@@ -175,6 +182,8 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--world", default="testbed", choices=sorted(WORLDS),
+                    help="which ID family and OOD families the corpus mixes (problems.WORLDS)")
     # model
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
@@ -215,13 +224,14 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def diversity(model, tok, n: int = 50, k: int = 4, temperatures=(0.2, 0.4, 0.6), seed: int = 0) -> dict:
+def diversity(model, tok, n: int = 50, k: int = 4, temperatures=(0.2, 0.4, 0.6), seed: int = 0,
+              family: str = ID_FAMILY) -> dict:
     """Sampling check on ID train questions: k samples per question at each temperature.
 
     Reports the share of correct samples, the mean number of distinct correct texts per question,
     and the style mix of the correct samples (how diverse self-generated training data would be).
     """
-    items = make_split(ID_FAMILY, "train", n, DEV_SEED + 1)
+    items = make_split(family, "train", n, DEV_SEED + 1)
     out = {}
     for t in temperatures:
         torch.manual_seed(seed)
@@ -240,7 +250,7 @@ def diversity(model, tok, n: int = 50, k: int = 4, temperatures=(0.2, 0.4, 0.6),
     return out
 
 
-def evaluate_dir(path: str, eval_n: int, threads: int) -> dict:
+def evaluate_dir(path: str, eval_n: int, threads: int, world: str = "testbed") -> dict:
     """Re-measure a saved model on this machine (CPU): greedy test accuracy and sampling diversity.
 
     The result is stored under ``cpu_eval`` in ``path/pretrain.json``.
@@ -250,12 +260,14 @@ def evaluate_dir(path: str, eval_n: int, threads: int) -> dict:
     t0 = time.time()
     model = Qwen2ForCausalLM.from_pretrained(path)
     tok = load_tokenizer(path)
+    id_family, ood_families = WORLDS[world]
     res = {f: evaluate(model, tok, make_split(f, "test", eval_n, 0))
-           for f in (ID_FAMILY,) + OOD_FAMILIES}
+           for f in (id_family, *ood_families)}
     rec = {"device": "cpu", "torch": torch.__version__, "eval_n": eval_n,
            "test_accuracy": {f: r["accuracy"] for f, r in res.items()},
            "test_styles": {f: r["styles"] for f, r in res.items()},
-           "sampling_diversity": diversity(model, tok), "seconds": round(time.time() - t0, 1)}
+           "sampling_diversity": diversity(model, tok, family=id_family),
+           "seconds": round(time.time() - t0, 1)}
     f = Path(path) / "pretrain.json"
     full = json.loads(f.read_text()) if f.exists() else {}
     full["cpu_eval"] = rec
@@ -267,7 +279,7 @@ def evaluate_dir(path: str, eval_n: int, threads: int) -> dict:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.evaluate:
-        return evaluate_dir(args.evaluate, args.eval_n, args.threads)
+        return evaluate_dir(args.evaluate, args.eval_n, args.threads, args.world)
     t0 = time.time()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -290,7 +302,9 @@ def main(argv=None) -> dict:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95))
 
-    dev = make_split(ID_FAMILY, "train", args.dev_n, DEV_SEED)
+    id_family, ood_families = WORLDS[args.world]
+    families = (id_family, *ood_families)
+    dev = make_split(id_family, "train", args.dev_n, DEV_SEED)
     history, stopped_early = [], False
     it = batches(encoded, args.batch_size, tok.pad_token_id, args.seed)
     seen_tokens, step = 0, 0
@@ -310,7 +324,7 @@ def main(argv=None) -> dict:
         done = step + 1
         if args.track_every and done % args.track_every == 0:
             accs = {f: evaluate(model, tok, make_split(f, "test", args.track_n, 0))["accuracy"]
-                    for f in (ID_FAMILY,) + OOD_FAMILIES}
+                    for f in families}
             history.append({"step": done, "loss": loss.item(), "test_accuracy": accs})
             tqdm.write(f"step {done}: loss {loss.item():.3f} " +
                        " ".join(f"{f} {a:.3f}" for f, a in accs.items()))
@@ -327,7 +341,7 @@ def main(argv=None) -> dict:
           f"({seen_tokens / train_time:.0f} tok/s)")
 
     results = {}
-    for fam in (ID_FAMILY,) + OOD_FAMILIES:
+    for fam in families:
         results[fam] = evaluate(model, tok, make_split(fam, "test", args.eval_n, 0))
     wall = time.time() - t0
 

@@ -8,6 +8,11 @@ One in-domain family (``ID_FAMILY``) and several out-of-domain families (``OOD_F
 - ``ood_mult``      one multiplication step (bags x items per bag), then one add/subtract step.
 - ``ood_multistep`` three or four add/subtract steps with ID-sized numbers.
 
+A second world (``WORLDS["testbed_v2"]``) trains on ``id_addsub_bal`` instead: the ID stories of
+``id_addsub`` where 40 % are *balanced* (the loss equals the gain, so the answer is the start). On
+those, copying the start is a shortcut that pays off without any arithmetic; it never pays on the
+OOD families, which have no such items. The OOD families are the same three.
+
 Every item is ``{"question", "answer", "solution", "family"}``; ``solution`` is a gold worked
 solution in one of several full step-by-step styles (chosen by the seed) ending exactly with
 ``The answer is N.``
@@ -162,11 +167,14 @@ def _verb(sign: str, x: int, rng: random.Random) -> str:
     return rng.choice(GAIN_VERBS if sign == "+" else LOSS_VERBS).format(x=x)
 
 
-def gen_id_addsub(rng: random.Random) -> Problem:
+def gen_id_addsub(rng: random.Random, balanced_share: float = 0.0) -> Problem:
     name, pron = _person(rng)
     obj = rng.choice(OBJECTS)
     a = rng.randint(10, 39)
     ops = _two_ops(rng, a, 1, 9)
+    if balanced_share and rng.random() < balanced_share:  # no draw at 0: the shipped world's stream
+        g = next(x for s, x in ops if s == "+")
+        ops = [(s, g) for s, _ in ops]  # start >= 10 > g, so the balanced story never goes below 0
     v1, v2 = (_verb(s, x, rng) for s, x in ops)
     if rng.random() < 0.5:
         q = (f"{name} has {a} {obj}. {pron.capitalize()} {v1} and then {v2}. "
@@ -174,6 +182,15 @@ def gen_id_addsub(rng: random.Random) -> Problem:
     else:
         q = f"{name} has {a} {obj}. First {pron} {v1}. Then {pron} {v2}. How many {obj} are left?"
     return Problem(q, name, pron, obj, (a,), ops)
+
+
+BALANCED_SHARE = 0.4  # id_addsub_bal: share of stories drawn balanced (loss = gain)
+
+
+def gen_id_addsub_bal(rng: random.Random) -> Problem:
+    """``id_addsub`` with a spurious regularity: ``BALANCED_SHARE`` of the stories give and take
+    the same number, so their answer is the start (the shortcut "copy the start" pays on them)."""
+    return gen_id_addsub(rng, BALANCED_SHARE)
 
 
 def gen_ood_wording(rng: random.Random) -> Problem:
@@ -262,8 +279,18 @@ FAMILIES: dict[str, Family] = {
                        "one multiplication (2-9 x 2-9) then one add/subtract step"),
     "ood_multistep": Family("ood_multistep", gen_ood_multistep, ("steps", "labeled", "story"),
                             "three or four add/subtract steps, changes 1-9"),
+    "id_addsub_bal": Family("id_addsub_bal", gen_id_addsub_bal, FULL_STYLES,
+                            "id_addsub, 40% balanced (loss = gain, the answer is the start)"),
 }
 assert ID_FAMILY in FAMILIES and all(f in FAMILIES for f in OOD_FAMILIES)
+
+# A world: its ID (training) family and its OOD families. "testbed" is the shipped default.
+WORLDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "testbed": (ID_FAMILY, OOD_FAMILIES),
+    "testbed_v2": ("id_addsub_bal", OOD_FAMILIES),
+}
+# The families the shipped tokenizer was built from (its token ids follow their word counts).
+TOKENIZER_FAMILIES = (ID_FAMILY, *OOD_FAMILIES)
 
 
 # ----------------------------------------------------------------------------- splits
