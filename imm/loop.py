@@ -26,7 +26,7 @@ from pathlib import Path
 from imm import stages as steps
 from imm.config import Config
 from imm.data import load_data
-from imm.merge.rules import importance_scales
+from imm.merge.rules import get as get_rule, importance_scales
 from imm.models import load_tokenizer
 from imm.reasoning import transitions
 from imm.store import StageStore, write_jsonl
@@ -83,7 +83,7 @@ def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
 
         scales = None
         needs_importance = cfg.method.importance_scaled or (
-            cfg.method.merges and cfg.merge.name == "layer_adaptive" and cfg.merge.alpha_schedule == "importance")
+            cfg.method.merges and get_rule(cfg.merge.name).per_layer_alpha and cfg.merge.alpha_schedule == "importance")
         if needs_importance or cfg.run.layer_analysis:
             with stage("importance", step):
                 importance = steps.importance_stage(ctx, start, data_key, rows)
