@@ -23,7 +23,6 @@ from pathlib import Path
 
 from filelock import FileLock
 
-STATUSES = ("FINISHED", "FAILED", "KILLED")
 # read by MLflow 3's UI (mlflow.experimentKind): opens the experiment on its runs table, not on traces
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 SWEEP_KIND = "sweep"  # tags.kind of a sweep's parent run

@@ -7,7 +7,3 @@
 
 The shipped base model and tokenizer live in ``imm/assets/testbed`` (see its ``pretrain.json``).
 """
-
-from pathlib import Path
-
-TESTBED_DIR = Path(__file__).resolve().parents[2] / "assets" / "testbed"
