@@ -62,7 +62,7 @@ class DatasetConfig:
     train_file: Optional[str] = None  # jsonl: training questions
     test_files: Dict[str, str] = field(default_factory=dict)  # jsonl: test set name -> file
     train_set: str = ""  # benchmarks: the benchmark whose train split the loop samples (e.g. gsm8k)
-    test_sets: List[str] = field(default_factory=list)  # benchmarks: evaluation suite (imm/benchmarks.py names)
+    test_sets: List[str] = field(default_factory=list)  # benchmarks: evaluation suite (imm/data/benchmarks.py names)
     # benchmarks: local files by benchmark and split (else the hub); every benchmark is declared so
     # that `dataset.files.gsm8k.test=path` composes as written
     files: Dict[str, SplitFiles] = field(default_factory=lambda: {name: SplitFiles() for name in BENCHMARKS})

@@ -1,4 +1,4 @@
-"""The report's figures, drawn from the tidy rows of imm/report_tables.py (matplotlib, Agg backend).
+"""The report's figures, drawn from the tidy rows of imm/report/tables.py (matplotlib, Agg backend).
 
 - iteration curves like the paper's Figs 6/7: x = Base, SFT 1, Merge 1, SFT 2, ...; one line per method,
   mean over seeds with a ± std band;
@@ -7,7 +7,7 @@
   of the final model's right ID and OOD answers, one line per method;
 - transitions (transitions.png): per set, the items forgotten and newly solved since the base model.
 
-Run through ``python -m imm.report`` (see imm/report.py).
+Run through ``python -m imm.report`` (see imm/report/cli.py).
 """
 
 from __future__ import annotations

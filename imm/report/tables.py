@@ -4,7 +4,7 @@ A run record holds what one MLflow run logged: tags, params and, per metric, {st
 Step 0 is the base model, steps 1..T the iterations; pass@1 is ``eval/<kind>/<set>`` and pass@k
 ``eval/<kind>/<set>/pass@<k>``, with kind base | sft | merged. Values are fractions; tables show percent.
 
-Run through ``python -m imm.report`` (see imm/report.py).
+Run through ``python -m imm.report`` (see imm/report/cli.py).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 ``synthesize`` draws k samples per question spread over the configured temperatures (sample i
 uses temperatures[i % len]), all k in one decoding call per batch; ``complete`` is the batched
 primitive that evaluation reuses. Prompts are sorted by length and left-padded; finished
-sequences leave the batch (imm/decoding.py).
+sequences leave the batch (imm/sampling/decode.py).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def complete(model, tok, prompts: list[str], *, n: int = 1, temperatures: list[f
              stats: dict | None = None) -> list[list[str]]:
     """n completions per prompt (sample j at temperatures[j % len]; 0 = greedy), cut at the stop strings.
 
-    ``compile``: static KV cache and a compiled step (imm/decoding_static.py) instead of imm's
+    ``compile``: static KV cache and a compiled step (imm/sampling/decode_compiled.py) instead of imm's
     row-dropping loop; every batch is padded to one prompt length and row count, so it compiles once.
     ``stats``: filled with the call's figures (new tokens generated, EOS excluded, per row and in
     all; rows per decoding call; seconds), for throughput reports; the same figures are logged."""

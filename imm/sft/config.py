@@ -20,7 +20,7 @@ class SFTConfig:
     max_grad_norm: float = 1.0  # gradient clipping; 0 disables
     seed: int = 0  # batch order seed (combined with the iteration)
     backend: str = "torch"  # torch: the loop below, one process | trl: TRL SFTTrainer (bf16, DeepSpeed, multi-GPU)
-    intervention: str = "none"  # none | grad_decay | grad_clip | weight_mask (paper Table 5; imm/interventions.py)
+    intervention: str = "none"  # none | grad_decay | grad_clip | weight_mask (paper Table 5; imm/sft/interventions.py)
     intervention_value: float = 0.0  # γ, max norm or top-p of the intervention; 0 = the paper's (0.9, 2.0, 0.3)
     deepspeed: Optional[str] = None  # trl only: a DeepSpeed JSON (conf/deepspeed/zero3.json); None = no DeepSpeed
 
