@@ -29,7 +29,7 @@ import itertools
 import re
 from dataclasses import dataclass
 
-from imm.grading.answers import ANSWER_RE, cut_at_stop
+from imm.grading.answers import ANSWER_RE, cut_at_stop, final_answer
 
 CLASSES = ("sound", "shortcut", "flawed", "wrong")
 NUMBER_RE = re.compile(r"\d+")
@@ -87,14 +87,15 @@ def equations(text: str) -> list[Equation]:
     return out
 
 
-def final_answer(text: str) -> tuple[int | None, str]:
-    """The integer after the last "The answer is" (or None) and the reasoning written before it."""
+def answer_and_reasoning(text: str) -> tuple[int | None, str]:
+    """The final answer as an integer (read by the loop's own extractor, ``final_answer``; None when
+    there is none or it is no integer) and the reasoning written before the last answer statement."""
     text = cut_at_stop(text)
+    answer = final_answer(text)
     found = list(ANSWER_RE.finditer(text))
-    if not found:
-        return None, text
-    value = found[-1].group(1).strip().rstrip(".").replace(",", "").strip("$ ")
-    return (int(value) if re.fullmatch(r"-?\d+", value) else None), text[:found[-1].start()]
+    reasoning = text[:found[-1].start()] if found else text
+    value = answer.replace(",", "").strip("$ ") if answer else ""
+    return (int(value) if re.fullmatch(r"-?\d+", value) else None), reasoning
 
 
 def _coarsens(eqs: list[Equation], arith: Arithmetic) -> bool:
@@ -144,7 +145,7 @@ def arithmetic(item: dict) -> list[Arithmetic]:
     Raises ValueError when no reading of the question makes the gold solution sound.
     """
     nums = [int(n) for n in NUMBER_RE.findall(item["question"])]
-    gold_eqs = equations(final_answer(item["solution"])[1])
+    gold_eqs = equations(answer_and_reasoning(item["solution"])[1])
     answer = int(item["answer"])
     product = bool(gold_eqs) and gold_eqs[0].ops == ("*",)
     start, values = (tuple(nums[:2]), nums[2:]) if product else (tuple(nums[:1]), nums[1:])
@@ -160,7 +161,7 @@ def arithmetic(item: dict) -> list[Arithmetic]:
 
 def check_steps(text: str, item: dict) -> str:
     """Classify a sampled solution of ``item``: "sound", "shortcut", "flawed" or "wrong"."""
-    answer, reasoning = final_answer(text)
+    answer, reasoning = answer_and_reasoning(text)
     if answer is None or answer != int(item["answer"]):
         return "wrong"
     eqs = equations(reasoning)
