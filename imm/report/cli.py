@@ -188,7 +188,10 @@ def build(runs: list[RunRecord], out: Path, method: str, alpha: float, title: st
     if points:
         files.append(tables.write_records(out / "iterations.csv", points))
         files += plots.iteration_figures(points, sets, out, f"{title} (merging methods at α={alpha:g})")
-    files += step_files(curves, sets, out, f"{title} (merging methods at α={alpha:g})")
+    paths, md = step_files(curves, sets, out, f"{title} (merging methods at α={alpha:g})")
+    files += paths
+    if md:
+        text.append(f"per iteration\n{md}")
     ks = tables.passk_sets(curves)
     if ks:
         rows = tables.passk_points(curves, ks)
@@ -199,18 +202,25 @@ def build(runs: list[RunRecord], out: Path, method: str, alpha: float, title: st
     return files, "\n".join(text)
 
 
-def step_files(curves: list[RunRecord], sets: list[str], out: Path, title: str) -> list[Path]:
-    """steps.{csv,png} and transitions.{csv,png}, where the runs logged them."""
-    files = []
+def step_files(curves: list[RunRecord], sets: list[str], out: Path, title: str) -> tuple[list[Path], str]:
+    """per_iteration.{md,csv}, steps.{csv,png} and transitions.{csv,png}, where the runs logged them;
+    and the per-iteration table's text."""
+    files, md = [], ""
     shares = reasoning.step_points(curves)
     if shares:
-        files += [tables.write_records(out / "steps.csv", shares),
+        header, body = reasoning.iteration_table(curves)
+        md = tables.markdown(header, body, "pass@1 (%) of each iteration's final model (merged for merging "
+                                           "methods) and the kept samples that trained it: how many, and the "
+                                           "share (%) of each step class; mean ± sample std over seeds")
+        (out / "per_iteration.md").write_text(f"### Per iteration\n\n{md}")
+        files += [out / "per_iteration.md", tables.write_csv(out / "per_iteration.csv", header, body),
+                  tables.write_records(out / "steps.csv", shares),
                   plots.steps_figure(shares, out, f"{title}: step classes (%)")]
     moves = reasoning.transition_points(curves, sets)
     if moves:
         files += [tables.write_records(out / "transitions.csv", moves),
                   plots.transitions_figure(moves, sets, out, f"{title}: items since the base model (%)")]
-    return files
+    return files, md
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -4,7 +4,8 @@
   among the kept samples (``gen/<class>_share``) and among the final model's right ID and OOD
   answers (``eval/<kind>/<id|ood>/<class>_share``);
 - ``transition_points``: per method, set and iteration, the share of items the final model forgot
-  since the base model and the share it newly solved (``eval/<kind>/<set>/forgotten``, ...).
+  since the base model and the share it newly solved (``eval/<kind>/<set>/forgotten``, ...);
+- ``iteration_table``: per method and iteration, ID / OOD with the kept samples' count and shares.
 
 Testbed runs log these; a run on benchmarks without step structure has none and adds no row.
 """
@@ -12,7 +13,8 @@ Testbed runs log these; a run on benchmarks without step structure has none and 
 from __future__ import annotations
 
 from imm.reasoning import SHARES
-from imm.report.tables import RunRecord, final_kind, method_order, metric_at, setting_labeller, stat
+from imm.report.tables import (SUMMARY_SETS, RunRecord, base_value, final_kind, fmt, method_order, metric_at, setting_labeller,
+                               stat)
 
 MEASURES = ("forgotten", "newly_solved")
 
@@ -61,3 +63,30 @@ def transition_points(records: list[RunRecord], sets: list[str]) -> list[dict[st
                     rows.append({"setting": setting, "method": line, "set": set_name, "measure": measure,
                                  "step": step, "mean": s.mean, "std": s.std, "n": s.n})
     return rows
+
+
+ITERATION_COLS = ("ID", "OOD", "kept", "sound", "shortcut", "flawed")
+
+
+def iteration_table(records: list[RunRecord]) -> tuple[list[str], list[list[str]]]:
+    """Per method and iteration: ID and OOD pass@1 of its final model (merged for merging methods)
+    and the kept samples that trained it (how many, and their sound / shortcut / flawed shares),
+    mean ± sample std over seeds (%; counts as numbers). Header and rows of cell strings."""
+    def cell(runs, key, step, count=False):
+        s = stat([metric_at(r, key, step) for r in runs])
+        if s is None or not count:
+            return fmt(s)
+        return f"{s.mean:.0f}" if s.n < 2 else f"{s.mean:.0f} ± {s.std:.0f}"
+
+    body = []
+    for setting, line, runs in _lines(records):
+        name = f"{line} ({setting})" if setting else line
+        if not body:
+            body.append(["Base", "0"] + [fmt(base_value(records, g)) for g in SUMMARY_SETS] + [""] * 4)
+        kind = final_kind(runs[0])
+        steps = sorted({s for r in runs for s in r.metrics.get(f"eval/{kind}/id", {}) if s > 0})
+        for t in steps:
+            body.append([name, str(t)] + [cell(runs, f"eval/{kind}/{g}", t) for g in SUMMARY_SETS]
+                        + [cell(runs, "gen/kept", t, count=True)]
+                        + [cell(runs, f"gen/{share}_share", t) for share in SHARES])
+    return ["method", "iteration", *ITERATION_COLS], body

@@ -343,3 +343,19 @@ def test_step_shares_and_transitions_plotted_per_method(baseline_store, tmp_path
     assert head[:6] == ["setting", "method", "set", "measure", "step", "mean"]
     assert moves[("imm", "ood", "forgotten", "2")] == pytest.approx(0.24)  # the merged model's, at α 0.5
     assert moves[("vanilla", "ood_mult", "newly_solved", "1")] == pytest.approx(0.1)
+
+
+def test_per_iteration_table_gives_accuracy_and_kept_shares(baseline_store, tmp_path):
+    out = tmp_path / "iters"
+    report.main(["--tracking-uri", baseline_store["uri"], "--out", str(out), "--no-log"])
+    head, *body = read_csv(out / "per_iteration.csv")
+    assert head == ["method", "iteration", "ID", "OOD", "kept", "sound", "shortcut", "flawed"]
+    rows = {(r[0], r[1]): dict(zip(head[2:], r[2:])) for r in body}
+    assert body[0][:2] == ["Base", "0"] and rows[("Base", "0")]["sound"] == ""
+    # STaR (offset 0.02) at iteration 2: its SFT model's mean over seeds, and the kept samples' shares
+    assert rows[("star", "2")]["OOD"] == baseline_cell("star", 0.02, 2, "ood")
+    assert rows[("star", "2")]["sound"] == fmt(stat([0.7 - 0.2 + 0.02] * 2))
+    assert rows[("imm", "1")]["ID"] == baseline_cell("imm", 0.14, 1, "id")  # the merged model's
+    assert rows[("vanilla+grad_clip", "2")]["flawed"] == fmt(stat([0.1 + 0.1 - 0.10] * 2))
+    assert {m for m, _ in rows} >= {"vanilla", "star", "imm", "iimm"}
+    assert "Per iteration" in (out / "report.html").read_text()
