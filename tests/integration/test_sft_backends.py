@@ -1,6 +1,6 @@
 """The TRL SFT backend (response-only labels, loss, NaN) and DeepSpeed ZeRO-3 on CPU.
 
-    python -m pytest tests/test_sft_backends.py
+    python -m pytest tests/integration/test_sft_backends.py
 
 The ZeRO-3 tests run in subprocesses (DeepSpeed's process group and accelerate's state would leak
 into other tests): one rank with the distributed env set by hand, then two ranks through torchrun.
