@@ -1,6 +1,6 @@
 """MLflow at sweep scale: many jobs writing one store at the same moment lose nothing.
 
-    python -m pytest tests/test_mlflow_concurrency.py    # about a minute on 2 cores
+    python -m pytest tests/system/test_mlflow_concurrency.py    # about a minute on 2 cores
 
 Writers are spawned processes (as SLURM array tasks are), released together by a barrier, each
 logging one run through imm's own ``Tracker``: a SQLite file created once before the fan-out (as

@@ -1,6 +1,6 @@
 """SLURM for real: a one-node cluster (scripts/slurm_cluster.sh) runs an imm sweep and requeues.
 
-    python -m pytest tests/test_slurm.py    # as root; installs slurmctld/slurmd/munge if missing
+    python -m pytest tests/system/test_slurm.py    # as root; installs slurmctld/slurmd/munge if missing
 
 The cluster lives in a fresh temporary state dir for the whole session and is stopped by pid at the
 end. The tests are skipped, with the reason, only where no cluster can be started (not root, or no

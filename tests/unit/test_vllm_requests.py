@@ -1,6 +1,6 @@
 """The vLLM backend's pure parts, and its call pattern against a stand-in ``vllm`` module (no GPU, no vllm).
 
-    python -m pytest tests/test_vllm_requests.py
+    python -m pytest tests/unit/test_vllm_requests.py
 """
 
 from __future__ import annotations
