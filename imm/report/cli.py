@@ -33,6 +33,7 @@ from imm.report import baselines
 from imm.report import html
 from imm.report import plots
 from imm.report import reasoning
+from imm.report import render
 from imm.report import tables
 from imm.report.tables import RunRecord
 from imm.tracking import SWEEP_KIND
@@ -122,11 +123,11 @@ def no_runs_message(experiments: list[str], filters: dict[str, str], skipped: di
 
 
 def write_alpha_table(g: tables.Grid, out: Path, method: str) -> tuple[list[Path], str]:
-    header, body, note = tables.grid_text(g)
+    header, body, note = render.grid_text(g)
     title = f"α ablation ({method})"
-    md = tables.markdown(header, body, note)
+    md = render.markdown(header, body, note)
     (out / "alpha_table.md").write_text(f"### {title}\n\n{md}")
-    (out / "alpha_table.tex").write_text(tables.latex(header, body, f"{title}: {note}"))
+    (out / "alpha_table.tex").write_text(render.latex(header, body, f"{title}: {note}"))
     paper = g.corner == tables.ALPHA_AXES["paper"]
     long = []  # α of Eq. 6 first in either convention, then the paper's
     for r in g.rows:
@@ -134,28 +135,28 @@ def write_alpha_table(g: tables.Grid, out: Path, method: str) -> tuple[list[Path
             if (s := g.cells.get((r, c))) is not None:
                 eq6, table3 = (f"{1 - float(c):.10g}", c) if paper else (c, f"{1 - float(c):.10g}")
                 long.append({"set": r, "alpha": eq6, "mean": s.mean, "std": s.std, "n": s.n, "alpha_table3": table3})
-    paths = [out / "alpha_table.md", tables.write_csv(out / "alpha_table.csv", header, body),
-             out / "alpha_table.tex", tables.write_records(out / "alpha_long.csv", long)]
+    paths = [out / "alpha_table.md", render.write_csv(out / "alpha_table.csv", header, body),
+             out / "alpha_table.tex", render.write_records(out / "alpha_long.csv", long)]
     return paths, md
 
 
 def write_summary(rows: list[dict], out: Path) -> tuple[list[Path], str]:
     header = list(rows[0]) if rows else ["method", "α", "n", "ID", "OOD"]
-    body = [[tables.fmt(v) if isinstance(v, tables.Stat) or v is None else str(v) for v in r.values()] for r in rows]
-    md = tables.markdown(header, body, "final-iteration pass@1 (%), mean ± sample std over seeds "
+    body = [[render.fmt(v) if isinstance(v, tables.Stat) or v is None else str(v) for v in r.values()] for r in rows]
+    md = render.markdown(header, body, "final-iteration pass@1 (%), mean ± sample std over seeds "
                                        "(merged model for merging methods); Base = the starting model")
     (out / "summary.md").write_text(f"### Methods\n\n{md}")
-    return [out / "summary.md", tables.write_csv(out / "summary.csv", header, body)], md
+    return [out / "summary.md", render.write_csv(out / "summary.csv", header, body)], md
 
 
 def write_baselines(g: tables.Grid, out: Path, alpha: float) -> tuple[list[Path], str]:
-    header, body, _ = tables.grid_text(g)
+    header, body, _ = render.grid_text(g)
     note = (f"pass@1 (%) at {g.corner} (merged model for merging methods, at α={alpha:g}); mean ± sample std "
             f"over seeds; {baselines.KEPT_SOUND}: share of the kept samples of that iteration with sound steps")
-    md = tables.markdown(header, body, note)
+    md = render.markdown(header, body, note)
     (out / "baselines.md").write_text(f"### Baselines ({g.corner})\n\n{md}")
-    (out / "baselines.tex").write_text(tables.latex(header, body, f"Baselines at {g.corner}: {note}"))
-    return [out / "baselines.md", tables.write_csv(out / "baselines.csv", header, body), out / "baselines.tex"], md
+    (out / "baselines.tex").write_text(render.latex(header, body, f"Baselines at {g.corner}: {note}"))
+    return [out / "baselines.md", render.write_csv(out / "baselines.csv", header, body), out / "baselines.tex"], md
 
 
 def build(runs: list[RunRecord], out: Path, method: str, alpha: float, title: str, iteration: int | None = None,
@@ -186,7 +187,7 @@ def build(runs: list[RunRecord], out: Path, method: str, alpha: float, title: st
     text.append(f"baselines\n{md}")
     points = tables.iteration_points(curves, sets)
     if points:
-        files.append(tables.write_records(out / "iterations.csv", points))
+        files.append(render.write_records(out / "iterations.csv", points))
         files += plots.iteration_figures(points, sets, out, f"{title} (merging methods at α={alpha:g})")
     paths, md = step_files(curves, sets, out, f"{title} (merging methods at α={alpha:g})")
     files += paths
@@ -195,7 +196,7 @@ def build(runs: list[RunRecord], out: Path, method: str, alpha: float, title: st
     ks = tables.passk_sets(curves)
     if ks:
         rows = tables.passk_points(curves, ks)
-        files += [tables.write_records(out / "passk.csv", rows),
+        files += [render.write_records(out / "passk.csv", rows),
                   plots.passk_figure(rows, out, f"{title}: pass@k, final iteration (α={alpha:g})")]
     else:
         text.append("pass@k: no run logged pass@k (evaluate with eval.n>1 eval.temperature>0 eval.ks=[1,2,4,8])")
@@ -209,16 +210,16 @@ def step_files(curves: list[RunRecord], sets: list[str], out: Path, title: str) 
     shares = reasoning.step_points(curves)
     if shares:
         header, body = reasoning.iteration_table(curves)
-        md = tables.markdown(header, body, "pass@1 (%) of each iteration's final model (merged for merging "
+        md = render.markdown(header, body, "pass@1 (%) of each iteration's final model (merged for merging "
                                            "methods) and the kept samples that trained it: how many, and the "
                                            "share (%) of each step class; mean ± sample std over seeds")
         (out / "per_iteration.md").write_text(f"### Per iteration\n\n{md}")
-        files += [out / "per_iteration.md", tables.write_csv(out / "per_iteration.csv", header, body),
-                  tables.write_records(out / "steps.csv", shares),
+        files += [out / "per_iteration.md", render.write_csv(out / "per_iteration.csv", header, body),
+                  render.write_records(out / "steps.csv", shares),
                   plots.steps_figure(shares, out, f"{title}: step classes (%)")]
     moves = reasoning.transition_points(curves, sets)
     if moves:
-        files += [tables.write_records(out / "transitions.csv", moves),
+        files += [render.write_records(out / "transitions.csv", moves),
                   plots.transitions_figure(moves, sets, out, f"{title}: items since the base model (%)")]
     return files, md
 

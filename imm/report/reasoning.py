@@ -13,8 +13,9 @@ Testbed runs log these; a run on benchmarks without step structure has none and 
 from __future__ import annotations
 
 from imm.reasoning import SHARES
-from imm.report.tables import (SUMMARY_SETS, RunRecord, base_value, final_kind, fmt, method_order, metric_at, setting_labeller,
-                               stat)
+from imm.report.render import fmt
+from imm.report.tables import (SUMMARY_SETS, RunRecord, base_value, final_kind, method_order, metric_at,
+                               setting_labeller, stat)
 
 MEASURES = ("forgotten", "newly_solved")
 

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from imm.grading.answers import STOP_STRINGS, cut_at_stop
 from imm.sampling.decode import decode
 from imm.sampling.decode_compiled import decode_static
-from imm.sampling.engine import BACKENDS, EngineConfig
+from imm.sampling.engine import EngineConfig
 
 log = logging.getLogger(__name__)
 ENGINE_KEYS = ("backend", "compile", "tensor_parallel_size", "batch_size")  # generate.<x>: the former names of engine.<x>

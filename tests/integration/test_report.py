@@ -18,7 +18,8 @@ import pytest
 from mlflow.entities import Metric, Param
 
 from imm.report import cli as report
-from imm.report.tables import ALPHA_AXES, RunRecord, Stat, canonical_key, fmt, select, stat
+from imm.report.render import fmt
+from imm.report.tables import ALPHA_AXES, RunRecord, Stat, canonical_key, select, stat
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENT = "imm-testbed-testbed"
