@@ -75,7 +75,7 @@ def load_runs(uri: str, experiments: list[str] | None) -> tuple[list[RunRecord],
 def _record(client, run, experiment: str) -> RunRecord:
     metrics: dict[str, dict[int, float]] = {}
     for key in run.data.metrics:
-        if key.startswith("eval/") or (key.startswith("gen/") and key.endswith("_share")):  # scores, step shares
+        if key.startswith("eval/") or key == "gen/kept" or (key.startswith("gen/") and key.endswith("_share")):
             hist = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: (m.timestamp, m.step))
             # a step logged twice (an unchanged model re-recorded): the later value wins
             metrics[tables.canonical_key(key)] = {m.step: m.value for m in hist}

@@ -277,7 +277,7 @@ def shares_and_moves(offset):
         m |= {f"eval/{kind}/{s}/newly_solved": 0.1 + offset for s in ("id", "ood", "ood_mult")}
         m |= {f"eval/{kind}/{g}/sound_share": 0.8 - 0.1 * step for g in ("id", "ood")}
         if kind == "sft":
-            m |= {"gen/sound_share": 0.7 - 0.1 * step + offset, "gen/shortcut_share": 0.2 + 0.05 * step,
+            m |= {"gen/kept": 100 + 10 * step, "gen/sound_share": 0.7 - 0.1 * step + offset, "gen/shortcut_share": 0.2 + 0.05 * step,
                   "gen/flawed_share": 0.1 + 0.05 * step - offset}
         return m
     return logged
@@ -355,7 +355,7 @@ def test_per_iteration_table_gives_accuracy_and_kept_shares(baseline_store, tmp_
     assert body[0][:2] == ["Base", "0"] and rows[("Base", "0")]["sound"] == ""
     # STaR (offset 0.02) at iteration 2: its SFT model's mean over seeds, and the kept samples' shares
     assert rows[("star", "2")]["OOD"] == baseline_cell("star", 0.02, 2, "ood")
-    assert rows[("star", "2")]["sound"] == fmt(stat([0.7 - 0.2 + 0.02] * 2))
+    assert rows[("star", "2")]["sound"] == fmt(stat([0.7 - 0.2 + 0.02] * 2)) and rows[("star", "2")]["kept"] == "120 ± 0"
     assert rows[("imm", "1")]["ID"] == baseline_cell("imm", 0.14, 1, "id")  # the merged model's
     assert rows[("vanilla+grad_clip", "2")]["flawed"] == fmt(stat([0.1 + 0.1 - 0.10] * 2))
     assert {m for m, _ in rows} >= {"vanilla", "star", "imm", "iimm"}
