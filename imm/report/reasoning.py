@@ -14,19 +14,9 @@ from __future__ import annotations
 
 from imm.reasoning import SHARES
 from imm.report.render import fmt
-from imm.report.tables import (SUMMARY_SETS, RunRecord, base_value, final_kind, method_order, metric_at,
-                               setting_labeller, stat)
+from imm.report.tables import SUMMARY_SETS, RunRecord, base_value, final_kind, method_lines, metric_at, stat
 
 MEASURES = ("forgotten", "newly_solved")
-
-
-def _lines(records: list[RunRecord]) -> list[tuple[str, str, list[RunRecord]]]:
-    """(setting, line name, its runs) in the report's method order."""
-    label = setting_labeller(records)
-    lines: dict[tuple, list[RunRecord]] = {}
-    for r in records:
-        lines.setdefault((label(r), method_order(r.line)), []).append(r)
-    return [(setting, order[-1], runs) for (setting, order), runs in sorted(lines.items())]
 
 
 def _points(runs: list[RunRecord], key_of) -> list[tuple[int, object]]:
@@ -44,7 +34,7 @@ def step_points(records: list[RunRecord]) -> list[dict[str, object]]:
     """Tidy rows (setting, method, of, share, step, mean, std, n); ``of`` is "kept" (the samples an
     iteration trained on) or "id" / "ood" (the final model's right answers on those sets)."""
     rows = []
-    for setting, line, runs in _lines(records):
+    for setting, line, runs in method_lines(records):
         for of in ("kept", "id", "ood"):
             for share in SHARES:
                 for step, s in _points(runs, lambda r: _share_key(r, of, share)):
@@ -57,7 +47,7 @@ def transition_points(records: list[RunRecord], sets: list[str]) -> list[dict[st
     """Tidy rows (setting, method, set, measure, step, mean, std, n): the final model's (merged for
     merging methods) forgotten and newly solved shares of each set's items against the base model."""
     rows = []
-    for setting, line, runs in _lines(records):
+    for setting, line, runs in method_lines(records):
         for set_name in sets:
             for measure in MEASURES:
                 for step, s in _points(runs, lambda r: f"eval/{final_kind(r)}/{set_name}/{measure}"):
@@ -79,11 +69,9 @@ def iteration_table(records: list[RunRecord]) -> tuple[list[str], list[list[str]
             return fmt(s)
         return f"{s.mean:.0f}" if s.n < 2 else f"{s.mean:.0f} ± {s.std:.0f}"
 
-    body = []
-    for setting, line, runs in _lines(records):
+    body = [["Base", "0"] + [fmt(base_value(records, g)) for g in SUMMARY_SETS] + [""] * 4]
+    for setting, line, runs in method_lines(records):
         name = f"{line} ({setting})" if setting else line
-        if not body:
-            body.append(["Base", "0"] + [fmt(base_value(records, g)) for g in SUMMARY_SETS] + [""] * 4)
         kind = final_kind(runs[0])
         steps = sorted({s for r in runs for s in r.metrics.get(f"eval/{kind}/id", {}) if s > 0})
         for t in steps:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from imm.report.tables import Grid, Stat
 
+
 def fmt(s: Stat | None, ref_n: int = 0) -> str:
     """Percent with one decimal: "38.8 ± 1.2", "38.8" for one seed, "" when missing; "(n=2)" off the usual n."""
     if s is None:

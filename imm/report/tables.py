@@ -155,6 +155,15 @@ def setting_labeller(records: list[RunRecord]):
     return lambda rec: ", ".join(f"{k}={rec.tag(k)}" for k in varying)
 
 
+def method_lines(records: list[RunRecord]) -> list[tuple[str, str, list[RunRecord]]]:
+    """(setting, line name, its runs) for each line of the figures and tables, in the report's method order."""
+    label = setting_labeller(records)
+    lines: dict[tuple, list[RunRecord]] = {}
+    for r in records:
+        lines.setdefault((label(r), method_order(r.line)), []).append(r)
+    return [(setting, order[-1], runs) for (setting, order), runs in sorted(lines.items())]
+
+
 def method_order(name: str) -> tuple:
     """Methods in METHODS' order, each followed by its runs with an SFT intervention ("vanilla+grad_clip")."""
     order = list(METHODS)
@@ -283,12 +292,8 @@ def curve_runs(records: list[RunRecord], alpha: float) -> list[RunRecord]:
 
 def iteration_points(records: list[RunRecord], sets: list[str]) -> list[dict[str, object]]:
     """Tidy rows (setting, method, set, stage, x, mean, std, n), one per point of each method's line."""
-    label = setting_labeller(records)
-    lines: dict[tuple, list[RunRecord]] = {}
-    for r in records:
-        lines.setdefault((label(r), method_order(r.line)), []).append(r)
     rows = []
-    for (setting, (*_, method)), runs in sorted(lines.items()):
+    for setting, method, runs in method_lines(records):
         steps = sorted({s for r in runs for k, h in r.metrics.items() if k.startswith("eval/") for s in h})
         kinds = [("Merge", "merged"), ("SFT", "sft")] if runs[0].merges else [("SFT", "sft")]
         for set_name in sets:
