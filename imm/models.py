@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Optional
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ class ModelConfig:
     trust_remote_code: bool = False  # off unless a model needs it
     threads: int = 0  # torch CPU threads; 0 = torch's default
     device: str = "auto"  # where every stage runs the model: auto (the first GPU, else cpu) | cpu | cuda | cuda:1 | mps
+    prepare: Optional[str] = None  # a packaged model (imm/prepare.py) that writes ``path`` when it is missing
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -32,6 +34,10 @@ class ModelConfig:
             raise ValueError(f"model.device={self.device!r} is not a device torch knows ({err})") from None
         if self.source not in ("local", "hub"):
             raise ValueError(f"model.source={self.source!r} must be 'local' or 'hub'")
+        if self.prepare and self.source == "local" and self.path != "???":
+            from imm import prepare
+
+            prepare.ensure(self.prepare, Path(self.path))
         if self.source == "local" and self.path != "???" and not os.path.isdir(self.path):
             raise FileNotFoundError(f"model.path={self.path!r}: no such model directory")
 
