@@ -68,6 +68,9 @@ class DatasetConfig:
     files: Dict[str, SplitFiles] = field(default_factory=lambda: {name: SplitFiles() for name in BENCHMARKS})
     shots: int = 10  # benchmarks: worked examples in the sampling/evaluation prompt (paper: 10)
     overlap: str = "error"  # training questions found in a test set: error (refuse) | drop them | warn
+    # benchmarks: a folder the testbed world's families are written to as benchmark files when they are
+    # missing (imm/data/world/benchmark_files.py, seeded by dataset.seed); null = files are the user's
+    world_files: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -87,6 +90,11 @@ class DatasetConfig:
                                  f"not in dataset.test_files {sorted(self.test_files)}")
         if self.kind == "benchmarks":
             from imm.data import benchmarks
+
+            if self.world_files:
+                from imm.data.world.benchmark_files import ensure
+
+                ensure(self.world_files, self.seed)
 
             needs = [(self.train_set, "train")] + [(name, "test") for name in self.test_sets]
             for name, split in needs:
