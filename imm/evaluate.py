@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List
 
-from imm.sampling import complete
+from imm.sampling import complete, ending_shares
 from imm.grading.checks import grade_groups
 from imm.grading.passk import mean_pass_at_k
 from imm.reasoning import item_records, step_metrics
@@ -21,6 +21,7 @@ class EvalConfig:
     ks: List[int] = field(default_factory=lambda: [1])  # pass@k values to report, each <= n
     max_new_tokens: int = 96
     batch_size: int = 0  # prompts per decoding call; 0 = chosen from memory
+    stop_at_answer: bool = True  # end an answer after its first final-answer statement (false: only EOS / stop strings)
 
     def __post_init__(self) -> None:
         if self.n < 1 or not self.ks or any(not 1 <= k <= self.n for k in self.ks):
@@ -33,6 +34,8 @@ def evaluate(model, tok, data, prompt_fn, cfg: EvalConfig, desc: str = "eval", c
              compile: bool = False, records: list | None = None) -> dict[str, float]:
     """Metrics {set: pass@1, set/pass_at_k: ..., id[/pass_at_k]: mean over ID sets, ood[/...]: OOD,
     set/no_answer: share of samples without a final answer, set/timeouts: checks out of time,
+    set/ran_to_limit and set/stopped: shares of samples that ran to the token limit / were ended by a
+    stop string or their answer statement,
     set/sound_share, shortcut_share, flawed_share (testbed sets; id and ood pooled)}.
 
     ``compile``: decode on the static, compiled path (imm.sampling.complete).
@@ -41,12 +44,15 @@ def evaluate(model, tok, data, prompt_fn, cfg: EvalConfig, desc: str = "eval", c
     rows: list[dict] = []
     for name, items in data.tests.items():
         prompts = [prompt_fn(it) for it in items]
+        figures: dict = {}
         if complete_fn is not None:  # another engine (vLLM) on the model's folder
-            outs = complete_fn(prompts, n=cfg.n, temperatures=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
+            outs = complete_fn(prompts, n=cfg.n, temperatures=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                               at_answer=cfg.stop_at_answer, stats=figures)
         else:
             outs = complete(model, tok, prompts, n=cfg.n, temperatures=cfg.temperature,
                             max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, desc=f"{desc} {name}",
-                            compile=compile)
+                            compile=compile, at_answer=cfg.stop_at_answer, stats=figures)
+        metrics |= {f"{name}/{k}": v for k, v in ending_shares(figures.get("endings", [])).items()}
         verdicts, report = grade_groups(outs, items)
         rows += item_records(name, outs, items, verdicts)
         counts = [(len(o), sum(ok)) for o, ok in zip(outs, verdicts)]

@@ -25,7 +25,8 @@ from imm.analysis.importance import layer_importance
 from imm.merge.engine import merge_checkpoints
 from imm.models import ModelConfig, device_kind, load_model
 from imm.reasoning import kept_shares, kept_step_classes
-from imm.sampling import ENGINE_KEYS
+from imm.sampling import ENGINE_KEYS, ending_shares
+from imm.grading.answers import trails_answer
 from imm.store import StageStore, digest, read_json, read_jsonl, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -205,15 +206,27 @@ def synthesize_stage(ctx: Context, model: ModelRef, t: int) -> tuple[str, list[d
             if c is not None:
                 row["steps"] = c
         extra = methods.gold_fallback(ctx.data.train, kept, t) if gold else []  # the yield stays the model's
+        endings = [s["ending"] for group in samples for s in group if "ending" in s]
         write_jsonl(tmp / "kept.jsonl", kept + extra)
         write_json(tmp / "yield.json", {"sampled": y.sampled, "kept": y.kept, "questions": y.questions,
                                         "covered": y.covered, "yield": y.rate, "coverage": y.coverage,
                                         "no_answer": y.no_answer, "timeouts": y.timeouts, "device": device,
                                         "new_tokens": decoded.get("new_tokens")}
+                   | ending_shares(endings) | kept_text(kept)
                    | kept_shares(classes) | ({"gold_rows": len(extra)} if gold else {}))
 
     path, _ = ctx.store.get_or_compute("synthesize", key, compute, files=("kept.jsonl", "yield.json"))
     return key, read_jsonl(path / "kept.jsonl"), read_json(path / "yield.json")
+
+
+def kept_text(kept: list[dict]) -> dict[str, float]:
+    """The kept samples' text: the share that goes on after its final-answer statement (``kept_trailing``:
+    what SFT would teach the model to write after answering) and their mean length in tokens."""
+    if not kept:
+        return {}
+    out = {"kept_trailing": sum(trails_answer(r["response"]) for r in kept) / len(kept)}
+    tokens = [r["tokens"] for r in kept if "tokens" in r]
+    return out | ({"kept_tokens": sum(tokens) / len(tokens)} if tokens else {})
 
 
 def trainset_stage(ctx: Context, kept_keys: list[str], history: list[list[dict]]) -> tuple[str, list[dict]]:

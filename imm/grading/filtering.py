@@ -37,7 +37,8 @@ def keep_correct(items: list[dict], samples: list[list[dict]], iteration: int) -
         good = [s for s, right in zip(group, ok) if right]
         covered += bool(good)
         kept += [{"question": item["question"], "answer": item["answer"], "response": s["text"],
-                  "temperature": s["temperature"], "iteration": iteration} for s in good]
+                  "temperature": s["temperature"], "iteration": iteration}
+                 | ({"tokens": s["tokens"]} if "tokens" in s else {}) for s in good]
     sampled = sum(len(g) for g in samples)
     y = Yield(sampled, len(kept), len(items), covered, report.no_answer, report.timeouts)
     log.info("filter it%d: kept %d/%d; %d samples with no final answer, %d checks timed out",

@@ -16,8 +16,8 @@ from typing import List, Optional
 import torch
 from tqdm.auto import tqdm
 
-from imm.grading.answers import STOP_STRINGS, cut_at_stop
-from imm.sampling.decode import decode
+from imm.grading.answers import STOP_STRINGS, cut_sample
+from imm.sampling.decode import Prefix, decode, eos_ids, shared_prefix
 from imm.sampling.decode_compiled import decode_static
 from imm.sampling.engine import EngineConfig
 
@@ -35,6 +35,7 @@ class GenerateConfig:
     top_p: float = 1.0  # nucleus sampling mass, (0, 1]
     max_new_tokens: int = 96  # longest sample, in tokens
     seed: int = 0  # sampling seed (combined with the iteration)
+    stop_at_answer: bool = True  # end a sample after its first final-answer statement (false: only EOS / stop strings)
     # Former names of engine.backend / engine.compile / engine.tensor_parallel_size / engine.batch_size,
     # still read (Config moves them to engine); null = not given.
     backend: Optional[str] = None
@@ -86,65 +87,108 @@ def auto_batch_size(model, n: int, max_tokens: int) -> int:
 
 def complete(model, tok, prompts: list[str], *, n: int = 1, temperatures: list[float] | float = 0.0,
              top_p: float = 1.0, max_new_tokens: int = 96, batch_size: int = 0, seed: int = 0,
-             desc: str = "generate", stops: tuple[str, ...] = STOP_STRINGS, compile: bool = False,
-             stats: dict | None = None) -> list[list[str]]:
-    """n completions per prompt (sample j at temperatures[j % len]; 0 = greedy), cut at the stop strings.
+             desc: str = "generate", stops: tuple[str, ...] = STOP_STRINGS, at_answer: bool = True,
+             compile: bool = False, stats: dict | None = None) -> list[list[str]]:
+    """n completions per prompt (sample j at temperatures[j % len]; 0 = greedy), each as the model wrote
+    it after its prompt (leading whitespace kept: SFT joins it to the prompt as it stands) and ended as
+    ``imm.grading.answers.cut_sample`` says: at a stop string and, with ``at_answer``, after its first
+    final-answer statement. Decoding stops there too, and at every EOS id the model defines.
 
-    ``compile``: static KV cache and a compiled step (imm/sampling/decode_compiled.py) instead of imm's
-    row-dropping loop; every batch is padded to one prompt length and row count, so it compiles once.
-    ``stats``: filled with the call's figures (new tokens generated, EOS excluded, per row and in
-    all; rows per decoding call; seconds), for throughput reports; the same figures are logged."""
+    The prompts' shared first tokens (a few-shot prefix) run once per call and their KV cache is
+    copied into each batch (row-dropping path). ``compile``: static KV cache and a compiled step
+    (imm/sampling/decode_compiled.py) instead; every batch is padded to one prompt length and row count,
+    so it compiles once. ``stats``: filled with the call's figures (new tokens generated, EOS excluded,
+    per row and in all; how each row ended: eos | stop | length; rows per decoding call; seconds)."""
     temps = [temperatures] * n if isinstance(temperatures, (int, float)) else \
         [temperatures[j % len(temperatures)] for j in range(n)]
     tok.padding_side = "left"
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    width = None
-    if compile or not batch_size:  # the KV cache is sized in tokens, so the prompts are measured in tokens
-        width = max(map(len, tok(prompts, add_special_tokens=True)["input_ids"]))
+    encoded = tok(prompts, add_special_tokens=True)["input_ids"]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    common = 0 if compile else shared_prefix(encoded)
+    prefix = Prefix(model, encoded[0][:common]) if common else None
+    width = max(map(len, encoded)) - common  # the KV cache is sized in tokens, so the prompts are measured in tokens
     if compile:  # prompt length rounded up, so test sets of similar prompts share one compiled shape
         width = -(-width // WIDTH_STEP) * WIDTH_STEP
-    size = batch_size or auto_batch_size(model, n, max_new_tokens + width)
+    size = batch_size or auto_batch_size(model, n, max_new_tokens + width + common)
     gen = torch.Generator(device=model.device).manual_seed(seed)
+    eos = eos_ids(model, tok)
     out: list[list[str]] = [[] for _ in prompts]
-    new_tokens, lengths, start = 0, [0] * (len(prompts) * n), time.perf_counter()
+    new_tokens, lengths, ending = 0, [0] * (len(prompts) * n), [""] * (len(prompts) * n)
+    start = time.perf_counter()
     bar = tqdm(total=len(prompts), desc=desc, unit="prompt", leave=False, mininterval=2)
     for b in range(0, len(order), size):
         idx = order[b:b + size]
-        batch = [prompts[i] for i in idx]
+        rows = [encoded[i][common:] for i in idx]
         if compile:  # same shape as every other batch: pad the last one with copies of its last prompt
-            batch += batch[-1:] * (min(size, len(order)) - len(batch))
-        enc = tok(batch, return_tensors="pt", padding="max_length" if compile else True,
-                  max_length=width if compile else None,
-                  return_token_type_ids=False)
+            rows += rows[-1:] * (min(size, len(order)) - len(rows))
+        enc = tok.pad({"input_ids": rows}, padding="max_length" if compile else True,
+                      max_length=width if compile else None, return_tensors="pt")
         args = (model, tok, enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device))
         kw = dict(n=n, temps=temps, top_p=top_p, max_new_tokens=max_new_tokens, stops=stops)
-        ids = decode_static(*args, **kw, seed=seed * 1_000_003 + b)[:len(idx) * n] if compile else \
-            decode(*args, **kw, generator=gen)
+        reasons: list[str] = []
+        if compile:
+            ids = decode_static(*args, **kw, seed=seed * 1_000_003 + b)[:len(idx) * n]
+        else:
+            ids = decode(*args, **kw, generator=gen, at_answer=at_answer, eos=eos, prefix=prefix, reasons=reasons)
         new_tokens += sum(map(len, ids))
+        texts = written(tok, [encoded[i][-1] for i in idx for _ in range(n)], ids)
         for j, i in enumerate(idx):
-            lengths[i * n:(i + 1) * n] = map(len, ids[j * n:(j + 1) * n])
-        texts = tok.batch_decode(ids, skip_special_tokens=True)
-        for j, i in enumerate(idx):
-            out[i] = [cut_at_stop(t, stops).strip() for t in texts[j * n:(j + 1) * n]]
+            rows_of = range(j * n, (j + 1) * n)
+            lengths[i * n:(i + 1) * n] = [len(ids[r]) for r in rows_of]
+            out[i] = [cut_sample(texts[r], stops, at_answer) for r in rows_of]
+            ending[i * n:(i + 1) * n] = [_ending(texts[r], out[i][r - j * n], len(ids[r]), max_new_tokens,
+                                                 reasons[r] if reasons else None) for r in rows_of]
         bar.update(len(idx))
         bar.set_postfix(tok_s=f"{new_tokens / (time.perf_counter() - start):.0f}")
     bar.close()
     seconds = time.perf_counter() - start
-    log.info("%s: %d rows, %d new tokens in %.2f s (%.0f new tokens/s), %d rows a call", desc, len(lengths),
-             new_tokens, seconds, new_tokens / max(seconds, 1e-9), min(size, len(prompts)) * n)
+    endings = {k: ending.count(k) for k in ("eos", "stop", "length")}
+    log.info("%s: %d rows, %d new tokens in %.2f s (%.0f new tokens/s), %d rows a call, %d prefix tokens shared; "
+             "ended by eos %d, stop %d, token limit %d", desc, len(lengths), new_tokens, seconds,
+             new_tokens / max(seconds, 1e-9), min(size, len(prompts)) * n, common, *endings.values())
     if stats is not None:
-        stats.update(new_tokens=new_tokens, lengths=lengths, seconds=seconds, rows_per_call=min(size, len(prompts)) * n)
+        stats.update(new_tokens=new_tokens, lengths=lengths, seconds=seconds, rows_per_call=min(size, len(prompts)) * n,
+                     endings=ending, prefix_tokens=common)
     return out
+
+
+def written(tok, anchors: list[int], ids: list[list[int]]) -> list[str]:
+    """The new tokens' text as it reads after the prompt. Decoded after the prompt's last token, then that
+    token's own text taken off: SentencePiece tokenizers drop a sequence's leading space on decoding,
+    which would change the text SFT later joins to the prompt."""
+    full = tok.batch_decode([[a] + row for a, row in zip(anchors, ids)], skip_special_tokens=True)
+    heads = tok.batch_decode([[a] for a in anchors], skip_special_tokens=True)
+    return [f[len(h):] if f.startswith(h) else tok.decode(row, skip_special_tokens=True)
+            for f, h, row in zip(full, heads, ids)]
+
+
+def ending_shares(endings: list[str]) -> dict[str, float]:
+    """Shares of samples that ran to the token limit and that a stop string or their answer ended."""
+    n = max(1, len(endings))
+    return {"ran_to_limit": endings.count("length") / n, "stopped": endings.count("stop") / n} if endings else {}
+
+
+def _ending(raw: str, kept: str, n_ids: int, limit: int, decoded: str | None) -> str:
+    """How a sample ended: stop (cut at a stop string or its answer), eos, or length (ran to the limit)."""
+    if kept != raw.rstrip():
+        return "stop"
+    if decoded in ("eos", "stop"):
+        return decoded
+    return "length" if n_ids >= limit else "eos"
 
 
 def synthesize(model, tok, prompts: list[str], cfg: GenerateConfig, iteration: int,
                engine: EngineConfig | None = None, stats: dict | None = None) -> list[list[dict]]:
-    """k samples per prompt as [{"text", "temperature"}], sample i at temperatures[i % len]
-    (``stats``: as ``complete`` fills it)."""
+    """k samples per prompt as [{"text", "temperature", "tokens", "ending"}], sample i at
+    temperatures[i % len] (``tokens``: new tokens; ``ending``: eos | stop | length; ``stats``: as
+    ``complete`` fills it)."""
     engine = (engine or EngineConfig()).given(cfg.engine_overrides())
     temps = [cfg.temperatures[i % len(cfg.temperatures)] for i in range(cfg.k)]
+    figures = {} if stats is None else stats
     texts = complete(model, tok, prompts, n=cfg.k, temperatures=temps, top_p=cfg.top_p,
                      max_new_tokens=cfg.max_new_tokens, batch_size=engine.batch_size,
                      seed=cfg.seed * 1_000_003 + iteration, desc=f"sample it{iteration + 1}", compile=engine.compile,
-                     stats=stats)
-    return [[{"text": t, "temperature": temp} for t, temp in zip(group, temps)] for group in texts]
+                     at_answer=cfg.stop_at_answer, stats=figures)
+    k = cfg.k
+    return [[{"text": t, "temperature": temp, "tokens": figures["lengths"][i * k + j], "ending": figures["endings"][i * k + j]}
+             for j, (t, temp) in enumerate(zip(group, temps))] for i, group in enumerate(texts)]

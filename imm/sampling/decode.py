@@ -9,10 +9,13 @@ of a prompt, over all temperatures, come from one call.
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import torch
 from transformers import DynamicCache
+
+from imm.grading.answers import has_ended
 
 
 def nucleus_logits(logits: torch.Tensor, temps: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -50,6 +53,8 @@ def sample_next(logits: torch.Tensor, temps: torch.Tensor, top_p: float, generat
 
 
 _TRIGGERS: dict[tuple[int, tuple[str, ...]], set[int]] = {}
+ANSWER_TRIGGERS = ("\n", ".", " ")  # characters that can complete a final-answer statement's terminator
+TAIL_TOKENS = 24  # tokens decoded to test whether a sample has ended (a stop string or an answer statement)
 
 
 def stop_triggers(tok, stops: tuple[str, ...]) -> set[int]:
@@ -58,14 +63,22 @@ def stop_triggers(tok, stops: tuple[str, ...]) -> set[int]:
     key = (id(tok), stops)
     if key not in _TRIGGERS:
         last = {s[-1] for s in stops}
-        vocab = tok.convert_ids_to_tokens(list(range(len(tok))))
-        _TRIGGERS[key] = {i for i, piece in enumerate(vocab) if piece and any(c in piece for c in last)}
+        texts = tok.batch_decode([[i] for i in range(len(tok))])  # as text: byte-level pieces spell "\n" "Ċ"
+        _TRIGGERS[key] = {i for i, piece in enumerate(texts) if piece and any(c in piece for c in last)}
     return _TRIGGERS[key]
 
 
-def _hits_stop(tok, ids: list[int], stops: tuple[str, ...], tail: int = 8) -> bool:
-    text = tok.decode(ids[-tail:], skip_special_tokens=True)
-    return any(s in text for s in stops)
+def eos_ids(model, tok) -> set[int]:
+    """Every end-of-sequence id the model defines: the tokenizer's and each of ``generation_config.json``'s
+    (an instruct model may list several: Qwen2.5-Instruct <|im_end|> and <|endoftext|>)."""
+    ids = {tok.eos_token_id} if tok.eos_token_id is not None else set()
+    gen = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids |= set(gen) if isinstance(gen, (list, tuple)) else ({gen} if gen is not None else set())
+    return ids
+
+
+def _ended(tok, ids: list[int], stops: tuple[str, ...], at_answer: bool) -> bool:
+    return has_ended(tok.decode(ids[-TAIL_TOKENS:], skip_special_tokens=True), stops, at_answer)
 
 
 def _cache_kwarg(model) -> str:
@@ -82,14 +95,21 @@ def _last_logits_only(model) -> dict:
 @torch.no_grad()
 def decode(model, tok, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, n: int, temps: list[float],
            top_p: float = 1.0, max_new_tokens: int = 96, stops: tuple[str, ...] = (),
-           generator: torch.Generator | None = None) -> list[list[int]]:
+           generator: torch.Generator | None = None, at_answer: bool = False, eos: set[int] | None = None,
+           prefix: "Prefix | None" = None, reasons: list[str] | None = None) -> list[list[int]]:
     """New token ids for each (prompt, sample) row, prompt-major: row i*n + j is prompt i's sample j.
 
-    ``temps`` gives each of a prompt's n samples its temperature. Left-padded inputs."""
+    ``temps`` gives each of a prompt's n samples its temperature. Left-padded inputs. A row ends at any
+    id of ``eos`` (default: the tokenizer's), at a stop string, or (``at_answer``) once its first
+    final-answer statement is complete. ``prefix``: the prompts' shared first tokens, already run
+    (``input_ids`` then hold each prompt's remaining tokens). ``reasons``: receives each row's ending,
+    eos | stop | length."""
     device = input_ids.device
-    cache = DynamicCache()
+    cache, offset = (prefix.cache_for(input_ids.shape[0]), prefix.length) if prefix else (DynamicCache(), 0)
     kv = {_cache_kwarg(model): cache, "use_cache": True}
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    positions = offset + (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    if prefix:  # the shared prefix's positions come first, all attended
+        attention_mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], offset), attention_mask], 1)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
                    **kv, **_last_logits_only(model)).logits[:, -1]
     if n > 1:  # one prefill per prompt, then n copies of its cache
@@ -104,17 +124,22 @@ def decode(model, tok, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
     hot_rows = sum(t > 0 for t in temps_of)
     last_pos = positions[:, -1]
     out: list[list[int]] = [[] for _ in range(rows)]
-    triggers = stop_triggers(tok, stops) if stops else set()
-    eos = tok.eos_token_id
+    ending = ["length"] * rows
+    ends = tuple(stops) + (ANSWER_TRIGGERS if at_answer else ())
+    triggers = stop_triggers(tok, ends) if ends else set()
+    eos = eos if eos is not None else {tok.eos_token_id}
     for step in range(max_new_tokens):
         nxt = sample_next(logits, row_temps, top_p, generator, hot_rows)
         finished = []
         for r, t in zip(active, nxt.tolist()):  # the step's one wait on the device
-            if t == eos:
+            if t in eos:
                 finished.append(True)
+                ending[r] = "eos"
                 continue
             out[r].append(t)
-            finished.append(t in triggers and _hits_stop(tok, out[r], stops))
+            finished.append(t in triggers and _ended(tok, out[r], stops, at_answer))
+            if finished[-1]:
+                ending[r] = "stop"
         if step == max_new_tokens - 1 or all(finished):
             break
         if any(finished):
@@ -128,4 +153,35 @@ def decode(model, tok, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
         last_pos = last_pos + 1
         logits = model(input_ids=nxt[:, None], attention_mask=attention_mask, position_ids=last_pos[:, None],
                        **kv).logits[:, -1]
+    if reasons is not None:
+        reasons += ending
     return out
+
+
+class Prefix:
+    """The first tokens every prompt of a call shares (the few-shot header and exemplars), run once: its
+    KV cache is copied into each batch, so a batch's prefill covers only what differs between prompts."""
+
+    @torch.no_grad()
+    def __init__(self, model, ids: list[int]):
+        self.length = len(ids)
+        self.cache = DynamicCache()
+        x = torch.tensor([ids], device=model.device)
+        model(input_ids=x, attention_mask=torch.ones_like(x), **{_cache_kwarg(model): self.cache, "use_cache": True},
+              **_last_logits_only(model))
+
+    def cache_for(self, rows: int) -> DynamicCache:
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(rows)
+        return cache
+
+
+def shared_prefix(encoded: list[list[int]], least: int = 32) -> int:
+    """Length of the token prefix all ``encoded`` prompts share, leaving each at least one own token;
+    0 when it is shorter than ``least`` (too little to be worth a separate pass)."""
+    if len(encoded) < 2:
+        return 0
+    first, n = encoded[0], min(map(len, encoded)) - 1
+    for ids in encoded[1:]:
+        n = next((i for i in range(n) if ids[i] != first[i]), n)
+    return n if n >= least else 0

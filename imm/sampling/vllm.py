@@ -16,7 +16,7 @@ import contextlib
 import gc
 import hashlib
 
-from imm.grading.answers import STOP_STRINGS, cut_at_stop
+from imm.grading.answers import STOP_STRINGS, cut_sample
 from imm.sampling import GenerateConfig
 
 INSTALL_HINT = "install the vllm extra: pip install -e .[vllm]; it needs a GPU"
@@ -78,11 +78,13 @@ def build_requests(prompts: list[str], cfg: GenerateConfig, iteration: int,
 
 
 def regroup(outputs: list[list[str]], sample_temps: list[float],
-            stops: tuple[str, ...] | list[str] = STOP_STRINGS) -> list[list[str]]:
+            stops: tuple[str, ...] | list[str] = STOP_STRINGS, at_answer: bool = True) -> list[list[str]]:
     """Texts per prompt in sample order, from the texts of each request (in ``requests_for`` order).
 
-    Texts are cut at the stop strings again: vLLM stops on them already, but a stop string can also
-    appear inside a longer piece of detokenised text, and the hf backend cuts the same way.
+    Texts are cut as the hf backend cuts them (``imm.grading.answers.cut_sample``): at the stop strings
+    again (vLLM stops on them already, but one can also appear inside a longer piece of detokenised
+    text) and, with ``at_answer``, after the first final-answer statement (vLLM has no such stop, so
+    it writes on to its limit or EOS and the text past the answer is dropped here).
     """
     slots = layout(sample_temps)
     if len(outputs) % len(slots):
@@ -97,7 +99,7 @@ def regroup(outputs: list[list[str]], sample_temps: list[float],
             if len(got) != len(positions):
                 raise ValueError(f"prompt {i}, temperature {temp}: expected {len(positions)} outputs, got {len(got)}")
             for pos, text in zip(positions, got):
-                texts[pos] = cut_at_stop(text, tuple(stops)).strip()
+                texts[pos] = cut_sample(text, tuple(stops), at_answer)
         grouped.append(texts)
     return grouped
 
@@ -147,13 +149,15 @@ def run_requests(model_path: str, requests: list[tuple[str, dict]], *, seed: int
 def complete_vllm(model_path: str, prompts: list[str], *, n: int = 1, temperatures: list[float] | float = 0.0,
                   top_p: float = 1.0, max_new_tokens: int = 96, seed: int = 0,
                   stops: tuple[str, ...] = STOP_STRINGS, tensor_parallel_size: int = 1, dtype: str = "bfloat16",
-                  gpu_memory_utilization: float = 0.9) -> list[list[str]]:
-    """n completions per prompt (sample j at temperatures[j % len]; 0 = greedy), like ``imm.sampling.complete``."""
+                  gpu_memory_utilization: float = 0.9, at_answer: bool = True, stats: dict | None = None
+                  ) -> list[list[str]]:
+    """n completions per prompt (sample j at temperatures[j % len]; 0 = greedy), like ``imm.sampling.complete``
+    (``stats`` is not filled: vLLM's own logs give its figures)."""
     temps = sample_temperatures(temperatures, n)
     requests = requests_for(prompts, temps, top_p=top_p, max_tokens=max_new_tokens, seed=seed, stops=stops)
     outputs = run_requests(model_path, requests, seed=seed, tensor_parallel_size=tensor_parallel_size, dtype=dtype,
                            gpu_memory_utilization=gpu_memory_utilization)
-    return regroup(outputs, temps, stops)
+    return regroup(outputs, temps, stops, at_answer)
 
 
 def synthesize_vllm(model_path: str, prompts: list[str], cfg: GenerateConfig, iteration: int,
@@ -166,4 +170,4 @@ def synthesize_vllm(model_path: str, prompts: list[str], cfg: GenerateConfig, it
                            tensor_parallel_size=tensor_parallel_size, dtype=dtype,
                            gpu_memory_utilization=gpu_memory_utilization)
     return [[{"text": t, "temperature": temp} for t, temp in zip(group, temps)]
-            for group in regroup(outputs, temps, stops)]
+            for group in regroup(outputs, temps, stops, cfg.stop_at_answer)]

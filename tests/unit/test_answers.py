@@ -2,7 +2,7 @@
 
 import pytest
 
-from imm.grading.answers import STOP_STRINGS, cut_at_stop, final_answer, last_boxed
+from imm.grading.answers import STOP_STRINGS, cut_at_stop, final_answer, last_boxed, cut_sample, has_ended, trails_answer
 from imm.grading.checks import grade
 
 # A MATH-style sample the way a base model continues the paper's prompt: the solution mentions
@@ -72,3 +72,30 @@ def test_last_boxed():
 def test_is_correct(pred, gold, ok):
     text = "no final answer" if pred is None else f"The answer is {pred}."
     assert grade(text, {"answer": gold}) is ok
+
+
+@pytest.mark.parametrize("text, kept", [
+    # a real instruct model runs on past its answer into another response of the prompt format
+    ("14 + 3 = 17.\nThe answer is 17\n\n### Response: Let's think step by step. 14 + 3 = 17",
+     "14 + 3 = 17.\nThe answer is 17"),
+    ("The answer is 17. So Tom has 17 apples.", "The answer is 17."),
+    ("The answer is 3.5 apples. Then more", "The answer is 3.5 apples."),  # a decimal point is no sentence end
+    ("The answer is:\n12\nmore", "The answer is:\n12"),
+    ("So it is 5 + 2 = 7.", "So it is 5 + 2 = 7."),  # no answer statement: nothing to cut
+    ("The answer is 7\nQuestion: next one", "The answer is 7"),
+    ("\n3 + 4 = 7.\nThe answer is 7", "\n3 + 4 = 7.\nThe answer is 7"),  # leading whitespace stays (SFT joins it)
+])
+def test_cut_sample_ends_after_the_first_answer_statement(text, kept):
+    assert cut_sample(text) == kept
+    assert not trails_answer(kept)
+    assert cut_sample(text, at_answer=False) == cut_at_stop(text).rstrip()
+
+
+def test_a_sample_has_ended_only_once_its_answer_terminator_is_written():
+    stops = STOP_STRINGS
+    assert not has_ended("The answer is 2", stops, True)  # "21" may follow
+    assert not has_ended("The answer is 21.", stops, True)  # "21.5" may follow
+    assert has_ended("The answer is 21. ", stops, True) and has_ended("The answer is 21\n", stops, True)
+    assert not has_ended("The answer is 21\n", stops, False)  # without at_answer only stop strings end it
+    assert has_ended("x\n### Response: again", stops, False)
+    assert trails_answer("The answer is 4.\n\n### Response: 2 + 2") and not trails_answer("The answer is 4.\n")

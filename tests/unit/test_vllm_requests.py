@@ -61,7 +61,8 @@ def test_regroup_restores_sample_order_and_cuts_at_stops():
     temps = sample_temperatures([0.2, 0.4, 0.6], 4)  # 0.2, 0.4, 0.6, 0.2
     outputs = [["a0", "a3 Question: next"], ["a1"], [" a2 "],  # prompt 0: one list per temperature
                ["b0", "b3"], ["b1 Q: x"], ["b2"]]
-    assert regroup(outputs, temps, STOPS) == [["a0", "a1", "a2", "a3"], ["b0", "b1", "b2", "b3"]]
+    # trailing space dropped; the leading one kept, as the model wrote it after its prompt (SFT joins it so)
+    assert regroup(outputs, temps, STOPS) == [["a0", "a1", " a2", "a3"], ["b0", "b1", "b2", "b3"]]
     with pytest.raises(ValueError, match="expected 2 outputs"):
         regroup([["a0"], ["a1"], ["a2"]], temps, STOPS)
 
