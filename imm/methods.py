@@ -75,5 +75,5 @@ def gold_fallback(items: list[dict], kept: list[dict], iteration: int) -> list[d
         rationale = re.sub(r"<<[^>]*>>", "", item["solution"])  # GSM8K's calculator annotations
         rationale = re.sub(r"\n?####.*$", "", rationale, flags=re.S).strip()  # GSM8K's final "#### 18"
         rows.append({"question": item["question"], "answer": item["answer"], "gold": True, "temperature": 0.0,
-                     "response": f"{rationale}\nThe answer is {item['answer']}.", "iteration": iteration})
+                     "response": f" {rationale}\nThe answer is {item['answer']}.", "iteration": iteration})
     return rows

@@ -66,7 +66,7 @@ def load_texts(data: str, n: int, seed: int, family: str, jsonl: str | None) -> 
         return [row["text"] for row in lines[:n]]
     items = make_split(family, "train", n, seed)
     if data == "reasoning":
-        return [{"question": it["question"], "response": it["solution"]} for it in items]
+        return [{"question": it["question"], "response": " " + it["solution"]} for it in items]  # as the model writes it: after a space
     return [it["question"] for it in items]
 
 

@@ -26,9 +26,17 @@ IGNORE = -100
 
 
 def encode(tok, prompt: str, response: str) -> tuple[list[int], list[int]]:
-    """Token ids of prompt + response + EOS and labels that mask the prompt."""
-    p = tok(prompt, add_special_tokens=False)["input_ids"]
-    r = tok(" " + response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    """Token ids of prompt + response + EOS and labels that mask the prompt.
+
+    The prompt is tokenized as sampling and evaluation tokenize it (with the tokenizer's special tokens:
+    a Llama-style BOS) and the response follows it as the model wrote it (kept samples keep their
+    leading whitespace): its tokens are those of prompt + response after the prompt's, so a SentencePiece
+    tokenizer does not put a word-start "▁" before a response that begins with a newline. Where joining
+    changes the prompt's own last tokens, the response is tokenized apart."""
+    p = tok(prompt, add_special_tokens=True)["input_ids"]
+    joined = tok(prompt + response, add_special_tokens=True)["input_ids"]
+    r = joined[len(p):] if joined[:len(p)] == p else tok(response, add_special_tokens=False)["input_ids"]
+    r = r + [tok.eos_token_id]
     return p + r, [IGNORE] * len(p) + r
 
 

@@ -3,8 +3,8 @@
 Same contract as ``imm.sft.torch_loop.train``: fine-tune ``model`` in place on rows {question, response} with
 the loss on the response tokens only, return {"loss", "first_loss", "steps", "tokens_per_s",
 "pad_share"}, raise FloatingPointError on a NaN/inf loss. The rows become a prompt-completion
-dataset (prompt = prompt_fn(question), completion = " " + response + EOS, as ``imm.sft.torch_loop.encode``
-builds them), so TRL's ``completion_only_loss`` masks the prompt. Hyperparameters come from
+dataset (prompt = prompt_fn(question), completion = response as the model wrote it + EOS, as
+``imm.sft.torch_loop.encode`` builds them), so TRL's ``completion_only_loss`` masks the prompt. Hyperparameters come from
 ``imm.sft.config.SFTConfig`` alone; the DeepSpeed JSON leaves them "auto" and the Trainer fills them in.
 
 In the loop's process: ``train_trl(model, tok, rows, prompt_fn, cfg, t, deepspeed=..., bf16=...)``.
@@ -77,7 +77,7 @@ class CountingCollator:
 def to_dataset(rows: list[dict], prompt_fn):
     from datasets import Dataset
 
-    return Dataset.from_list([{"prompt": prompt_fn(r["question"]), "completion": " " + r["response"]}
+    return Dataset.from_list([{"prompt": prompt_fn(r["question"]), "completion": r["response"]}
                               for r in rows])
 
 
