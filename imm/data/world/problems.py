@@ -260,6 +260,36 @@ def gen_ood_multistep(rng: random.Random) -> Problem:
     return Problem(q, name, pron, obj, (a,), ops)
 
 
+# One-step rungs of the same stories, for real pretrained LLMs (a 135M instruct model solves few two-step
+# items; imm/data/world/benchmark_files.py writes these as benchmark files).
+
+def gen_id_onestep(rng: random.Random) -> Problem:
+    name, pron = _person(rng)
+    obj = rng.choice(OBJECTS)
+    a, x = rng.randint(10, 39), rng.randint(1, 9)
+    sign = rng.choice("+-")
+    return Problem(f"{name} has {a} {obj}. {pron.capitalize()} {_verb(sign, x, rng)}. How many {obj} does {pron} "
+                   f"have now?", name, pron, obj, (a,), [(sign, x)])
+
+
+def gen_ood_wording_onestep(rng: random.Random) -> Problem:
+    obj = rng.choice(OBJECTS)
+    a, x = rng.randint(20, 59), rng.randint(5, 19)
+    sign = rng.choice("+-")
+    act = {"+": rng.choice([f"puts in {x}", f"adds {x}"]), "-": rng.choice([f"takes out {x}", f"removes {x}"])}[sign]
+    name, _ = _person(rng)
+    return Problem(f"There are {a} {obj} in a box. {name} {act}. How many {obj} are in the box now?",
+                   "The box", "it", obj, (a,), [(sign, x)])
+
+
+def gen_ood_product(rng: random.Random) -> Problem:
+    name, pron = _person(rng)
+    obj = rng.choice(OBJECTS)
+    a, b = rng.randint(2, 9), rng.randint(2, 9)
+    return Problem(f"{name} buys {a} bags of {obj} with {b} {obj} in each bag. How many {obj} does {pron} have?",
+                   name, pron, obj, (a, b), [])
+
+
 @dataclass(frozen=True)
 class Family:
     """A problem family: its generator and which solution styles its texts use."""
@@ -281,6 +311,12 @@ FAMILIES: dict[str, Family] = {
                             "three or four add/subtract steps, changes 1-9"),
     "id_addsub_bal": Family("id_addsub_bal", gen_id_addsub_bal, FULL_STYLES,
                             "id_addsub, 40% balanced (loss = gain, the answer is the start)"),
+    "id_onestep": Family("id_onestep", gen_id_onestep, ("steps", "labeled", "story"),
+                         "one add/subtract step, start 10-39, change 1-9 (real LLMs' ID)"),
+    "ood_wording_onestep": Family("ood_wording_onestep", gen_ood_wording_onestep, ("steps", "labeled", "story"),
+                                  "one add/subtract step, box wording, start 20-59, change 5-19"),
+    "ood_product": Family("ood_product", gen_ood_product, ("steps", "labeled", "story"),
+                          "one multiplication, 2-9 x 2-9"),
 }
 assert ID_FAMILY in FAMILIES and all(f in FAMILIES for f in OOD_FAMILIES)
 
