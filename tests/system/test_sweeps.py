@@ -1,4 +1,5 @@
-"""Every shipped sweep file runs as a dry multirun: each job of its grid composes, validates and is written."""
+"""Every shipped sweep file runs as a dry multirun: each job of its grid composes, validates and is planned
+(imm/jobplan.py); a local grid's jobs are written, a SLURM grid's dry run submits nothing."""
 
 import math
 import subprocess
@@ -22,5 +23,8 @@ def test_every_sweep_composes_every_job(sweep, tmp_path):
     expected = math.prod(len(str(v).split(",")) for v in params.values())
     if sweep == "baselines":  # the six methods and the three SFT interventions
         assert expected == 9
+    planned = [line for line in out.stdout.splitlines() if line.startswith("job #")]
+    assert len(planned) == expected and all("GPU-h" in line for line in planned)
     written = list((tmp_path / "jobs").glob("*/config.yaml"))
-    assert out.stdout.count("dry run: config valid") == len(written) == expected
+    on_slurm = "hydra/launcher: slurm" in (ROOT / "sweeps" / f"{sweep}.yaml").read_text()
+    assert out.stdout.count("dry run: config valid") == len(written) == (0 if on_slurm else expected)
