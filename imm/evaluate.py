@@ -29,6 +29,17 @@ class EvalConfig:
             raise ValueError("eval.n > 1 needs eval.temperature > 0 (greedy samples are identical)")
 
 
+def _one_call(complete_fn, tests: dict[str, list[dict]], prompt_fn, cfg: EvalConfig) -> dict[str, list]:
+    """Every test set's completions from another engine (vLLM) in one call: one engine start-up per
+    evaluation stage, and the engine batches across sets."""
+    prompts = [prompt_fn(it) for items in tests.values() for it in items]
+    outs = complete_fn(prompts, n=cfg.n, temperatures=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
+    by_set, start = {}, 0
+    for name, items in tests.items():
+        by_set[name], start = outs[start:start + len(items)], start + len(items)
+    return by_set
+
+
 def evaluate(model, tok, data, prompt_fn, cfg: EvalConfig, desc: str = "eval", complete_fn=None,
              compile: bool = False, records: list | None = None) -> dict[str, float]:
     """Metrics {set: pass@1, set/pass_at_k: ..., id[/pass_at_k]: mean over ID sets, ood[/...]: OOD,
@@ -39,10 +50,11 @@ def evaluate(model, tok, data, prompt_fn, cfg: EvalConfig, desc: str = "eval", c
     ``records``: a list that receives one row per test item (imm.reasoning.item_records)."""
     metrics: dict[str, float] = {}
     rows: list[dict] = []
+    engine_outs = _one_call(complete_fn, data.tests, prompt_fn, cfg) if complete_fn is not None else {}
     for name, items in data.tests.items():
         prompts = [prompt_fn(it) for it in items]
-        if complete_fn is not None:  # another engine (vLLM) on the model's folder
-            outs = complete_fn(prompts, n=cfg.n, temperatures=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
+        if complete_fn is not None:
+            outs = engine_outs[name]
         else:
             outs = complete(model, tok, prompts, n=cfg.n, temperatures=cfg.temperature,
                             max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, desc=f"{desc} {name}",

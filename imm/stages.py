@@ -7,6 +7,7 @@ model in memory so consecutive stages of one job do not reload it from disk.
 from __future__ import annotations
 
 import functools
+import gc
 import hashlib
 import logging
 from dataclasses import asdict, dataclass
@@ -71,6 +72,16 @@ class Context:
     def hold(self, ref: ModelRef, model) -> None:
         self._model, self._key = model, ref.key
 
+    def release(self) -> None:
+        """Hand the GPU over (to a vLLM engine): drop the model held here and empty the allocator's
+        cache, or the engine finds less free memory than engine.gpu_memory_utilization asks and refuses."""
+        self._model, self._key = None, None
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
 
 def base_ref(model: ModelConfig, teacher: bool = False) -> ModelRef:
     """A pretrained model's identity, from its content (not its path): the config and a sample of
@@ -126,7 +137,10 @@ def evaluate_fields(cfg: Config, model: ModelRef) -> dict:
         ev.pop("batch_size")  # greedy: speed only; vllm: not used
     model_cfg = cfg.teacher if model.teacher else cfg.model
     # engine.batch_size is the sampling stage's; evaluation's own (eval.batch_size) is in ``ev`` when it counts
-    return {"model": model.key, "eval": ev, "tests": data_key(cfg, "test"), "engine": decoding(cfg, model_cfg, False)}
+    engine = decoding(cfg, model_cfg, False)
+    if cfg.engine.backend == "vllm" and cfg.eval.temperature > 0:
+        engine["one_call"] = True  # every test set in one call: the requests' seeds follow from the order
+    return {"model": model.key, "eval": ev, "tests": data_key(cfg, "test"), "engine": engine}
 
 
 def synthesize_fields(cfg: Config, model: ModelRef, t: int) -> dict:
@@ -159,8 +173,10 @@ def evaluate_stage(ctx: Context, model: ModelRef) -> tuple[dict[str, float], lis
             from imm.sampling.vllm import complete_vllm
 
             log.info("evaluate on vllm (%d GPUs per engine)", engine.tensor_parallel_size)
+            ctx.release()
             run = functools.partial(complete_vllm, str(local_dir(model.path)), dtype=_model_cfg(ctx, model).dtype,
-                                    tensor_parallel_size=engine.tensor_parallel_size)
+                                    tensor_parallel_size=engine.tensor_parallel_size,
+                                    gpu_memory_utilization=engine.gpu_memory_utilization)
             metrics = evaluate(None, ctx.tok, ctx.data, ctx.item_prompt, ctx.cfg.eval, complete_fn=run, records=items)
         else:
             net = ctx.load(model)
@@ -190,9 +206,11 @@ def synthesize_stage(ctx: Context, model: ModelRef, t: int) -> tuple[str, list[d
 
             device = f"vllm ({engine.tensor_parallel_size} GPUs per engine)"
             log.info("synthesize on %s", device)
+            ctx.release()
             samples = synthesize_vllm(str(local_dir(model.path)), prompts, ctx.cfg.generate, t,
                                       tensor_parallel_size=engine.tensor_parallel_size,
-                                      dtype=_model_cfg(ctx, model).dtype)
+                                      dtype=_model_cfg(ctx, model).dtype,
+                                      gpu_memory_utilization=engine.gpu_memory_utilization)
         else:
             tok = ctx.teacher_tok if model.teacher else ctx.tok
             net = ctx.load(model)
