@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 
 from imm.config import validate
 from imm.provenance import git_sha
-from imm.tracking import TrackingConfig, ensure_store, source_tags, start_sweep_run
+from imm.tracking import TrackingConfig, cluster_refusal, ensure_store, source_tags, start_sweep_run
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +80,15 @@ class ValidateSweep(Callback):
                                  f"launched: {type(e).__name__}: {e}") from e
         refuse_unplanned(config, jobs, typed)
         stores = {(c.tracking.uri, c.tracking.experiment): c.tracking for c in typed if c.tracking.enabled}
+        on_slurm = "Slurm" in str(config.hydra.launcher.get("_target_", ""))
         for tracking in stores.values():
+            if on_slurm and (why := cluster_refusal(tracking)):
+                raise SystemExit(f"imm: the grid's jobs could not log, nothing was launched: {why}")
             ensure_store(tracking)
         log.info("checked %d job configs; MLflow store ready for %s", len(jobs),
                  ", ".join(e for _, e in sorted(stores)) or "no tracking")
         if any(c.run.dry_run for c in typed):
-            if "Slurm" in str(config.hydra.launcher.get("_target_", "")):
+            if on_slurm:
                 raise SystemExit(0)  # planned and checked: a dry run submits nothing to the cluster
             return
         self.sweep_id, self.started = Path(config.hydra.sweep.dir).name, time.time()
