@@ -41,23 +41,16 @@ def resources(launcher: Any, pc: PlanConfig) -> Resources:
 
 def split_rows(ds: DatasetConfig) -> dict[str, int]:
     """Rows each stage reads: 'train' and every test set (a local file counted, else the hub size)."""
-    from imm.data import read_jsonl
+    from imm.data.benchmarks import read_rows
 
     def rows(name: str, split: str, cap: int) -> int:
         path = getattr(ds.files.get(name), split, None)
-        n = len(read_jsonl(path)) if path and path.endswith(".jsonl") else HUB_ROWS.get((name, split), 0)
+        n = len(read_rows(path)) if path else HUB_ROWS.get((name, split), 0)
         return min(n, cap) if cap else n
 
     if ds.kind != "benchmarks":
         return {"train": ds.n_train, "tests": ds.n_test * max(1, len(ds.id_sets) + len(ds.ood_sets))}
     return {"train": rows(ds.train_set, "train", ds.n_train)} | {s: rows(s, "test", ds.n_test) for s in ds.test_sets}
-
-
-def missing_files(ds: DatasetConfig) -> list[str]:
-    """Test sets with neither a hub split nor a local file (MAWPS and SAT-Math need theirs)."""
-    if ds.kind != "benchmarks":
-        return []
-    return [s for s in ds.test_sets if (s, "test") not in HUB_ROWS and not getattr(ds.files.get(s), "test", None)]
 
 
 def plan_job(cfg, res: Resources, label: str = "job") -> Plan:
@@ -102,17 +95,17 @@ def plan_job(cfg, res: Resources, label: str = "job") -> Plan:
     per_iter = (plan.tokens["generated"] + plan.tokens["evaluated"]) / decode + plan.tokens["trained"] / train
     plan.hours = (first_eval + cfg.run.iterations * per_iter) / 3600
     plan.gpu_hours = plan.hours * res.gpus
-    plan.problems = problems(cfg, res, plan, on_gpu, zero3)
+    if not on_gpu and m.device == "auto" and plan.params >= CPU_PARAMS:
+        fix = "hydra.launcher.gpus_per_node=N" if res.where == "slurm" else "run it where a GPU is visible"
+        plan.at_start.append(f"{m.name} ({plan.params / 1e9:.2f}B) would run on the CPU: no GPU requested ({fix}), "
+                             f"or say model.device=cpu if that is meant")
+    plan.problems = plan.at_start + problems(cfg, res, plan, on_gpu, zero3)
     return plan
 
 
 def problems(cfg, res: Resources, plan: Plan, on_gpu: bool, zero3: bool) -> list[str]:
     m, e, pc = cfg.model, cfg.engine, cfg.plan
     out = []
-    if not on_gpu and m.device == "auto" and plan.params >= CPU_PARAMS:
-        fix = "hydra.launcher.gpus_per_node=N" if res.where == "slurm" else "run it where a GPU is visible"
-        out.append(f"{m.name} ({plan.params / 1e9:.2f}B) would run on the CPU: no GPU requested ({fix}), "
-                   f"or say model.device=cpu if that is meant")
     if on_gpu and res.gpus == 0 and res.where == "slurm":
         out.append(f"model.device={m.device} needs a GPU and the job requests none (hydra.launcher.gpus_per_node)")
     if on_gpu:
@@ -137,11 +130,6 @@ def problems(cfg, res: Resources, plan: Plan, on_gpu: bool, zero3: bool) -> list
     return out
 
 
-def cpu_fallback(plan: Plan) -> str:
-    """The refusal of a large model that would run on the CPU without being told to ("" = none)."""
-    return next((p for p in plan.problems if "would run on the CPU" in p), "")
-
-
 def dry_run_data(ds: DatasetConfig) -> None:
     """A dry run loads what is on disk: every split from a local file (or the generated testbed), with
     the overlap check between training and test questions; hub splits are left to the job."""
@@ -152,5 +140,3 @@ def dry_run_data(ds: DatasetConfig) -> None:
         data = load_data(ds)
         print(f"data: {len(data.train)} training questions, " + ", ".join(f"{k} {len(v)}" for k, v in data.tests.items())
               + f"; overlap with training questions: {sum(data.overlap.values())} items")
-    elif missing := missing_files(ds):
-        raise SystemExit(f"imm: test sets {missing} have no hub split: give dataset.files.<name>.test=path")

@@ -25,7 +25,7 @@ from imm import loop
 
 from imm.report import console as summary
 from imm.config import validate
-from imm.jobplan import cpu_fallback, dry_run_data, plan_job, resources
+from imm.jobplan import dry_run_data, plan_job, resources
 from imm.provenance import provenance
 from imm.store import StageStore, digest
 from imm.tracking import Tracker, source_tags
@@ -101,8 +101,8 @@ def main(dcfg: DictConfig) -> float:
         if plan.problems:
             raise SystemExit(f"imm: the job does not fit what it asks for: {'; '.join(plan.problems)}")
         return float("nan")
-    if cpu_fallback(plan):  # under SLURM without a GPU, a large model would crawl on the CPU until its time limit
-        raise SystemExit(f"imm: {cpu_fallback(plan)}")
+    if plan.at_start:  # e.g. under SLURM without a GPU, a large model would crawl on the CPU until its time limit
+        raise SystemExit(f"imm: {'; '.join(plan.at_start)}")
 
     store = StageStore(Path(cfg.stages.root), salt="" if cfg.stages.share else key,
                        lock_stale_s=cfg.stages.lock_stale_s)

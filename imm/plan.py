@@ -116,7 +116,8 @@ class Plan:
     tokens: dict[str, float] = field(default_factory=dict)  # per iteration: generated, evaluated, trained
     gpu_hours: float = 0.0
     hours: float = 0.0
-    problems: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # why the job does not fit: refused before launch
+    at_start: list[str] = field(default_factory=list)  # those a starting job refuses too (a large model without a GPU)
 
     def line(self) -> str:
         s, g = self.sft_gb, self.sample_gb

@@ -22,6 +22,7 @@ from imm.sweep_check import grid, refuse_unplanned
 ROOT = Path(__file__).resolve().parents[2]
 QWEN_05, QWEN_15, LLAMA2 = (ARCHITECTURES[k] for k in ("Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct",
                                                         "meta-llama/Llama-2-7b-hf"))
+FILES = [f"dataset.files.{name}.test={ROOT / 'tests' / 'fixtures' / name / 'test.jsonl'}" for name in ("mawps", "sat_math")]
 SLURM_8 = Resources("slurm", 8, 80.0, 320, 24.0)
 SLURM_1 = Resources("slurm", 1, 80.0, 64, 8.0)
 SLURM_NONE = Resources("slurm", 0, 80.0, None, 4.0)
@@ -35,7 +36,7 @@ def compose_cfg(*overrides, name="config", hydra=False):
 
 
 def plan_for(res, *overrides):
-    cfg = compose_cfg(*overrides)
+    cfg = compose_cfg(*overrides, *(FILES if "dataset=gsm8k" in overrides else []))
     cfg.run.out_dir = "unused"
     return plan_job(validate(cfg), res)
 
@@ -99,6 +100,7 @@ def test_slurm_resources_are_read_from_the_launcher():
 
 
 def sweep(name, *overrides):
+    overrides = overrides + tuple(FILES)
     cfg = compose_cfg(*overrides, name=name, hydra=True)
     cfg.hydra.overrides.task = list(overrides)
     jobs = grid(cfg)
