@@ -162,6 +162,13 @@ def sft_fields(cfg: Config, model: ModelRef, data: str, t: int) -> dict:
             "global_batch": sft.global_batch(cfg.sft, cfg.model.device)}
 
 
+def merge_fields(cfg: Config, base: ModelRef, prev: ModelRef, tuned: ModelRef, scales: dict[int, float] | None,
+                 t: int) -> dict:
+    """Merged on the CPU, tensor by tensor from the files: no device or engine setting enters."""
+    return {"base": base.key, "prev": prev.key, "sft": tuned.key, "merge": asdict(cfg.merge), "iteration": t,
+            "scales": scales}
+
+
 def evaluate_stage(ctx: Context, model: ModelRef) -> tuple[dict[str, float], list[dict]]:
     """The model's metrics and its per-item results (which items it got right, their text and, on the
     testbed, step classes: imm/reasoning.py), kept in the stage folder as items.jsonl."""
@@ -234,14 +241,19 @@ def synthesize_stage(ctx: Context, model: ModelRef, t: int) -> tuple[str, list[d
     return key, read_jsonl(path / "kept.jsonl"), read_json(path / "yield.json")
 
 
-def trainset_stage(ctx: Context, kept_keys: list[str], history: list[list[dict]]) -> tuple[str, list[dict]]:
-    m = ctx.cfg.method
-    mode = methods.METHODS[m.name][0]
-    recipe = {"mode": mode, "share": m.history_share if mode == "mixture" else None}
-    key = ctx.store.key("trainset", recipe=recipe, kept=kept_keys, seed=ctx.cfg.run.seed)  # CPU, exact
+def trainset_fields(rows: list[dict]) -> dict:
+    """A training set is its rows: methods that build the same rows (vanilla, mixture and accumulation at
+    iteration 1) share the key, and so the SFT and evaluation stages that follow."""
+    return {"rows": digest(rows)}
+
+
+def trainset_stage(ctx: Context, history: list[list[dict]]) -> tuple[str, list[dict]]:
+    """The iteration's training rows, from every iteration's kept samples (oldest first), and their key."""
+    rows = methods.build_trainset(ctx.cfg.method, history, ctx.cfg.run.seed)  # CPU, exact, cheap
+    key = ctx.store.key("trainset", **trainset_fields(rows))
 
     def compute(tmp: Path) -> None:
-        write_jsonl(tmp / "rows.jsonl", methods.build_trainset(m, history, ctx.cfg.run.seed))
+        write_jsonl(tmp / "rows.jsonl", rows)
 
     path, _ = ctx.store.get_or_compute("trainset", key, compute, files=("rows.jsonl",))
     return key, read_jsonl(path / "rows.jsonl")
@@ -279,9 +291,7 @@ def sft_stage(ctx: Context, model: ModelRef, data: str, rows: list[dict], t: int
 def merge_stage(ctx: Context, base: ModelRef, prev: ModelRef, tuned: ModelRef, scales: dict[int, float] | None,
                 t: int) -> tuple[ModelRef, dict]:
     """θ_m = α·θ + (1−α)·(θ_prev + [scale·]DARE(θ_sft − θ_prev)), streamed over the safetensors files."""
-    # merged on the CPU, tensor by tensor from the files: no device or engine setting enters
-    key = ctx.store.key("merge", base=base.key, prev=prev.key, sft=tuned.key, merge=asdict(ctx.cfg.merge),
-                        iteration=t, scales=scales)
+    key = ctx.store.key("merge", **merge_fields(ctx.cfg, base, prev, tuned, scales, t))
 
     def compute(tmp: Path) -> None:
         log.info("merge on cpu (streamed tensor by tensor)")
