@@ -20,6 +20,7 @@ from imm import methods
 from imm import sft
 from imm.config import Config
 from imm.data import Data
+from imm.data.prompts import EXEMPLARS
 from imm.evaluate import evaluate
 from imm.grading.filtering import keep_correct
 from imm.analysis.importance import layer_importance
@@ -107,9 +108,12 @@ def _sample_hash(path: Path, chunks: int = 16, size: int = 1 << 16) -> str:
 
 
 def data_key(cfg: Config, split: str) -> str:
+    """The items a stage reads: the dataset settings and prompts, and for benchmarks the few-shot
+    exemplars (their text is in every sampling and evaluation prompt)."""
     d = asdict(cfg.dataset)
     d.pop("n_test" if split == "train" else "n_train")
-    return digest({"dataset": d, "split": split, "prompt": cfg.prompt})
+    shots = {"exemplars": digest(EXEMPLARS)} if cfg.dataset.kind == "benchmarks" else {}
+    return digest({"dataset": d, "split": split, "prompt": cfg.prompt, **shots})
 
 
 # What each stage's key holds: every setting that changes its output, none that only changes speed.
