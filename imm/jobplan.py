@@ -3,7 +3,7 @@
 ``run.dry_run=true`` prints it for a single run; the grid check (imm/sweep_check.py) prints one line a
 job before launching and refuses the grid, with the numbers, when any job does not fit:
 
-    python -m imm.main -m -cd sweeps -cn self_improvement_gsm8k hydra/launcher=slurm run.dry_run=true
+    python -m imm.main -m -cd sweeps -cn self_improvement_gsm8k run.dry_run=true   # SLURM: nothing submitted
 """
 
 from __future__ import annotations
@@ -123,7 +123,8 @@ def problems(cfg, res: Resources, plan: Plan, on_gpu: bool, zero3: bool) -> list
             out.append(f"engine.tensor_parallel_size={e.tensor_parallel_size} > the job's {res.gpus} GPUs")
     host = plan.host_gb if on_gpu else plan.host_gb + plan.sft_gb["total"]
     if res.mem_gb and host > res.mem_gb:
-        out.append(f"host memory: needs ~{host:.0f} GB, the job asks for {res.mem_gb:.0f} (hydra.launcher.mem_gb)")
+        asked = "the job asks for" if res.where == "slurm" else "this machine has"
+        out.append(f"host memory: needs ~{host:.0f} GB, {asked} {res.mem_gb:.0f} (hydra.launcher.mem_gb)")
     if res.hours and plan.hours > res.hours * (1 + res.requeues):
         out.append(f"time: ~{plan.hours:.1f} h estimated, {res.hours:.1f} h x {1 + res.requeues} runs asked "
                    f"(hydra.launcher.timeout_min, max_num_timeout)")
