@@ -133,6 +133,22 @@ def test_an_undersized_grid_is_refused_before_launch():
         refuse_unplanned(cfg, jobs, typed)
 
 
+def test_a_dry_run_loads_local_files_and_refuses_a_leak(tmp_path, capsys):
+    from imm.data import DatasetConfig
+    from imm.jobplan import dry_run_data
+
+    fix = ROOT / "tests" / "fixtures" / "gsm8k"
+    ds = DatasetConfig(name="gsm8k", kind="benchmarks", train_set="gsm8k", test_sets=["gsm8k"], n_train=0, n_test=0,
+                       shots=1, files={"gsm8k": {"train": str(fix / "train.jsonl"), "test": str(fix / "test.jsonl")}})
+    dry_run_data(ds)
+    assert "overlap with training questions: 0 items" in capsys.readouterr().out
+    leaky = tmp_path / "test.jsonl"
+    leaky.write_text((fix / "test.jsonl").read_text() + (fix / "train.jsonl").read_text().splitlines()[0] + "\n")
+    ds.files["gsm8k"].test = str(leaky)
+    with pytest.raises(ValueError, match="gsm8k"):
+        dry_run_data(ds)
+
+
 def test_an_unknown_hub_model_cannot_be_planned():
     arch = architecture("someone/unknown-model")
     assert arch is None and isinstance(QWEN_05, Arch)
