@@ -5,6 +5,7 @@ sound, shortcut and flawed reasoning among the right answers (imm/reasoning.py).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import List
 
@@ -51,22 +52,27 @@ def evaluate(model, tok, data, prompt_fn, cfg: EvalConfig, desc: str = "eval", c
     metrics: dict[str, float] = {}
     rows: list[dict] = []
     engine_outs = _one_call(complete_fn, data.tests, prompt_fn, cfg) if complete_fn is not None else {}
-    for name, items in data.tests.items():
-        prompts = [prompt_fn(it) for it in items]
-        if complete_fn is not None:
-            outs = engine_outs[name]
-        else:
-            outs = complete(model, tok, prompts, n=cfg.n, temperatures=cfg.temperature,
-                            max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, desc=f"{desc} {name}",
-                            compile=compile)
-        verdicts, report = grade_groups(outs, items)
-        rows += item_records(name, outs, items, verdicts)
-        counts = [(len(o), sum(ok)) for o, ok in zip(outs, verdicts)]
-        metrics[f"{name}/no_answer"] = report.no_answer / max(1, len(report.correct))
-        metrics[f"{name}/timeouts"] = report.timeouts
-        for k in cfg.ks:
-            key = name if k == 1 else f"{name}/pass_at_{k}"  # MLflow names allow no "@"
-            metrics[key] = mean_pass_at_k(counts, k)
+    # a set is graded in a thread while the model decodes the next (the checks run in the grading pool's
+    # processes or in Python; the order of the results is the order of the sets)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imm-grade") as grader:
+        graded = []
+        for name, items in data.tests.items():
+            if complete_fn is not None:
+                outs = engine_outs[name]
+            else:
+                outs = complete(model, tok, [prompt_fn(it) for it in items], n=cfg.n, temperatures=cfg.temperature,
+                                max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, desc=f"{desc} {name}",
+                                compile=compile)
+            graded.append((name, items, outs, grader.submit(grade_groups, outs, items)))
+        for name, items, outs, done in graded:
+            verdicts, report = done.result()
+            rows += item_records(name, outs, items, verdicts)
+            counts = [(len(o), sum(ok)) for o, ok in zip(outs, verdicts)]
+            metrics[f"{name}/no_answer"] = report.no_answer / max(1, len(report.correct))
+            metrics[f"{name}/timeouts"] = report.timeouts
+            for k in cfg.ks:
+                key = name if k == 1 else f"{name}/pass_at_{k}"  # MLflow names allow no "@"
+                metrics[key] = mean_pass_at_k(counts, k)
     for group, sets in (("id", data.id_sets), ("ood", data.ood_sets)):
         for suffix in ["" if k == 1 else f"/pass_at_{k}" for k in cfg.ks]:
             if sets:

@@ -109,3 +109,32 @@ def test_the_stand_in_refuses_a_gpu_still_in_use(gpu):
     gpu.model(30.0).keep = True  # freed at once (no reference), but its bytes stay in the cache
     with pytest.raises(ValueError, match="less than desired"):
         gpu.vllm().LLM(gpu_memory_utilization=0.9)
+
+
+def test_a_set_is_graded_while_the_next_one_decodes(monkeypatch):
+    """The hf backend: grading set a waits for set b's decoding to begin, which only happens when the
+    grading runs beside the decoding (one after the other, the wait times out)."""
+    import threading
+
+    import imm.evaluate as ev
+    from imm.evaluate import EvalConfig
+    from imm.grading.checks import grade_groups
+
+    decoding_b = threading.Event()
+    overlapped = []
+
+    def complete(model, tok, prompts, **kw):
+        if kw["desc"].endswith(" b"):
+            decoding_b.set()
+        return [["The answer is 3."] for _ in prompts]
+
+    def grade(outs, items):
+        if items[0]["id"] == "1":  # set a
+            overlapped.append(decoding_b.wait(timeout=5))
+        return grade_groups(outs, items)
+
+    monkeypatch.setattr(ev, "complete", complete)
+    monkeypatch.setattr(ev, "grade_groups", grade)
+    data = Data(train=[], tests={"a": [item(1)], "b": [item(2)]}, id_sets=["a"], ood_sets=["b"])
+    metrics = ev.evaluate(None, None, data, lambda it: it["question"], EvalConfig())
+    assert overlapped == [True] and metrics["a"] == metrics["b"] == 1.0
