@@ -57,19 +57,18 @@ def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
     stage = _Stages(result, tracker, {"id": data.id_sets, "ood": data.ood_sets})
     with stage("evaluate", 0):
         stage.record("Base", "base", 0, *steps.evaluate_stage(ctx, base))
-    model, kept_keys, history = base, [], []
+    model, history = base, []
     for t in range(cfg.run.iterations):
         step, prev = t + 1, model  # prev: θ_prev, the model this iteration starts from
-        start = base if cfg.method.restarts else model  # the model SFT fine-tunes (star: the base, afresh)
+        start = sft_start(cfg.method, base, model)
         with stage("generate", step):
             kept_key, kept, y = steps.synthesize_stage(ctx, teacher or model, t)  # distillation: the teacher samples
         result.lineage.append({"stage": "synthesize", "step": step, "model": (teacher or model).key, "out": kept_key})
         result.kept.append((step, y))
-        kept_keys.append(kept_key)
         history.append(kept)
         tracker.metrics(_flat(y, "gen/"), step)  # numbers only (the device is text)
         _save_samples(out / "samples" / f"iter{step}.jsonl", kept, tracker)
-        data_key, rows = steps.trainset_stage(ctx, kept_keys, history)
+        data_key, rows = steps.trainset_stage(ctx, history)
         log.info("iteration %d: kept %d/%d samples (yield %.3f), %d/%d questions covered; training on %d",
                  step, y["kept"], y["sampled"], y["yield"], y["covered"], y["questions"], len(rows))
         if not rows:
@@ -115,6 +114,12 @@ def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
     write_jsonl(out / "lineage.jsonl", [{"stage": "base", "step": 0, "out": base.key}] + result.lineage)
     tracker.artifact(out / "lineage.jsonl")
     return result
+
+
+def sft_start(method, base: steps.ModelRef, model: steps.ModelRef) -> steps.ModelRef:
+    """The model an iteration's SFT fine-tunes: STaR restarts from the base model every iteration; the
+    others continue from the model that sampled (the previous SFT or merged model)."""
+    return base if method.restarts else model
 
 
 class _Stages:
