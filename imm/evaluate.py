@@ -1,13 +1,15 @@
 """Evaluation: pass@k on every test set (pass@1 greedy by default), with ID and OOD means, and per
 set the share of samples with no readable final answer and the number of checks that timed out
 (so format drift after SFT is not read as lost reasoning); for testbed sets also the shares of
-sound, shortcut and flawed reasoning among the right answers (imm/reasoning.py)."""
+sound, shortcut and flawed reasoning among the right answers (imm/reasoning.py), the share of
+samples and of right answers in each surface form, and the mechanism rates (imm/mechanism.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import List
 
+from imm import mechanism
 from imm.sampling import complete
 from imm.grading.checks import grade_groups
 from imm.grading.passk import mean_pass_at_k
@@ -41,14 +43,18 @@ def evaluate(model, tok, data, prompt_fn, cfg: EvalConfig, desc: str = "eval", c
     rows: list[dict] = []
     for name, items in data.tests.items():
         prompts = [prompt_fn(it) for it in items]
+        decoded: dict = {}  # the hf decoder's per-sample lengths (vLLM reports none)
         if complete_fn is not None:  # another engine (vLLM) on the model's folder
             outs = complete_fn(prompts, n=cfg.n, temperatures=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
         else:
             outs = complete(model, tok, prompts, n=cfg.n, temperatures=cfg.temperature,
                             max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, desc=f"{desc} {name}",
-                            compile=compile)
+                            compile=compile, stats=decoded)
         verdicts, report = grade_groups(outs, items)
-        rows += item_records(name, outs, items, verdicts)
+        lengths = decoded.get("lengths")
+        at_limit = None if lengths is None else [[n >= cfg.max_new_tokens for n in lengths[i * cfg.n:(i + 1) * cfg.n]]
+                                                 for i in range(len(items))]
+        rows += item_records(name, outs, items, verdicts, at_limit)
         counts = [(len(o), sum(ok)) for o, ok in zip(outs, verdicts)]
         metrics[f"{name}/no_answer"] = report.no_answer / max(1, len(report.correct))
         metrics[f"{name}/timeouts"] = report.timeouts
@@ -59,7 +65,8 @@ def evaluate(model, tok, data, prompt_fn, cfg: EvalConfig, desc: str = "eval", c
         for suffix in ["" if k == 1 else f"/pass_at_{k}" for k in cfg.ks]:
             if sets:
                 metrics[group + suffix] = sum(metrics[s + suffix] for s in sets) / len(sets)
-    metrics |= step_metrics(rows, {"id": data.id_sets, "ood": data.ood_sets})
+    groups = {"id": data.id_sets, "ood": data.ood_sets}
+    metrics |= step_metrics(rows, groups) | mechanism.set_metrics(rows, groups)
     if records is not None:
         records += rows
     return metrics

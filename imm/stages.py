@@ -24,6 +24,7 @@ from imm.grading.filtering import keep_correct
 from imm.analysis.importance import layer_importance
 from imm.merge.engine import merge_checkpoints
 from imm.models import ModelConfig, device_kind, load_model
+from imm.mechanism import kept_forms
 from imm.reasoning import kept_shares, kept_step_classes
 from imm.sampling import ENGINE_KEYS
 from imm.store import StageStore, digest, read_json, read_jsonl, write_json, write_jsonl
@@ -210,7 +211,8 @@ def synthesize_stage(ctx: Context, model: ModelRef, t: int) -> tuple[str, list[d
                                         "covered": y.covered, "yield": y.rate, "coverage": y.coverage,
                                         "no_answer": y.no_answer, "timeouts": y.timeouts, "device": device,
                                         "new_tokens": decoded.get("new_tokens")}
-                   | kept_shares(classes) | ({"gold_rows": len(extra)} if gold else {}))
+                   | kept_shares(classes) | kept_forms(kept, ctx.data.train)
+                   | ({"gold_rows": len(extra)} if gold else {}))
 
     path, _ = ctx.store.get_or_compute("synthesize", key, compute, files=("kept.jsonl", "yield.json"))
     return key, read_jsonl(path / "kept.jsonl"), read_json(path / "yield.json")

@@ -51,6 +51,10 @@ class Equation:
         return _value(self.tree) == self.result
 
     @property
+    def ops(self) -> set[str]:
+        return set(_ops(self.tree))
+
+    @property
     def n_ops(self) -> int:
         return len(self.numbers) - 1
 
@@ -105,6 +109,14 @@ def _leaves(t: Tree):
     else:
         for sub in t[1:]:
             yield from _leaves(sub)
+
+
+def _ops(t: Tree):
+    if t[0] != "n":
+        if t[0] != "neg":
+            yield t[0]
+        for sub in t[1:]:
+            yield from _ops(sub)
 
 
 def _expand(t: Tree, leaves) -> list:

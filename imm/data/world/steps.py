@@ -187,7 +187,9 @@ def procedure(text: str, item: dict) -> bool:
 
 def form(text: str, item: dict) -> str:
     """The surface style of a solution (``FORMS``), whatever its arithmetic: ``canonical`` is the
-    gold "steps" route (one operation an equation, in the problem's order, each from the last result)."""
+    gold "steps" route (one operation an equation, in the problem's order, each from the last result);
+    ``commuted`` the problem's operations one an equation in another order; ``other`` a route that is
+    not the problem's (a step missing, an operation it does not have)."""
     eqs = equations(reasoning_text(text))
     arith = arithmetic(item)[0]
     if not eqs:
@@ -203,10 +205,7 @@ def form(text: str, item: dict) -> str:
     values = {x for _, x in arith.changes}
     if any(set(e.numbers) <= values and e.numbers[0] not in arith.start for e in eqs):
         return "net"
-    results = {e.result for e in eqs}
-    if all(v in arith.quantities() or v in results for e in eqs for v in e.numbers):
-        return "commuted"
-    return "other"
+    return "commuted" if procedure(text, item) else "other"
 
 
 def _canonical(eqs: list[Equation], arith: Arithmetic) -> bool:
