@@ -99,6 +99,8 @@ def _sample_hash(path: Path, chunks: int = 16, size: int = 1 << 16) -> str:
 def data_key(cfg: Config, split: str) -> str:
     d = asdict(cfg.dataset)
     d.pop("n_test" if split == "train" else "n_train")
+    if split == "train" or d.get("eval_split") == "test":
+        d.pop("eval_split", None)  # the training questions never depend on it; test keeps its old keys
     return digest({"dataset": d, "split": split, "prompt": cfg.prompt})
 
 
