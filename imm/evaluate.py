@@ -1,7 +1,8 @@
 """Evaluation: pass@k on every test set (pass@1 greedy by default), with ID and OOD means, and per
 set the share of samples with no readable final answer and the number of checks that timed out
 (so format drift after SFT is not read as lost reasoning); for testbed sets also the shares of
-sound, shortcut and flawed reasoning among the right answers (imm/reasoning.py)."""
+sound, shortcut and flawed reasoning among the right answers (imm/reasoning.py), the share of
+samples and of right answers in each surface form, and the mechanism rates (imm/mechanism.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import List
 
+from imm import mechanism
 from imm.sampling import complete, ending_shares
 from imm.grading.checks import grade_groups
 from imm.grading.passk import mean_pass_at_k
@@ -61,18 +63,20 @@ def evaluate(model, tok, data, prompt_fn, cfg: EvalConfig, desc: str = "eval", c
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imm-grade") as grader:
         graded = []
         for name, items in data.tests.items():
+            figures: dict = {}  # the hf decoder's per-sample lengths and endings (vLLM reports none)
             if complete_fn is not None:
                 outs = engine_outs[name]
             else:
-                figures: dict = {}
                 outs = complete(model, tok, [prompt_fn(it) for it in items], n=cfg.n, temperatures=cfg.temperature,
                                 max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, desc=f"{desc} {name}",
                                 compile=compile, at_answer=cfg.stop_at_answer, stats=figures)
                 metrics |= {f"{name}/{k}": v for k, v in ending_shares(figures.get("endings", [])).items()}
-            graded.append((name, items, outs, grader.submit(grade_groups, outs, items)))
-        for name, items, outs, done in graded:
+            graded.append((name, items, outs, figures.get("endings"), grader.submit(grade_groups, outs, items)))
+        for name, items, outs, endings, done in graded:
             verdicts, report = done.result()
-            rows += item_records(name, outs, items, verdicts)
+            at_limit = None if endings is None else [[e == "length" for e in endings[i * cfg.n:(i + 1) * cfg.n]]
+                                                     for i in range(len(items))]
+            rows += item_records(name, outs, items, verdicts, at_limit)
             counts = [(len(o), sum(ok)) for o, ok in zip(outs, verdicts)]
             metrics[f"{name}/no_answer"] = report.no_answer / max(1, len(report.correct))
             metrics[f"{name}/timeouts"] = report.timeouts
@@ -83,7 +87,8 @@ def evaluate(model, tok, data, prompt_fn, cfg: EvalConfig, desc: str = "eval", c
         for suffix in ["" if k == 1 else f"/pass_at_{k}" for k in cfg.ks]:
             if sets:
                 metrics[group + suffix] = sum(metrics[s + suffix] for s in sets) / len(sets)
-    metrics |= step_metrics(rows, {"id": data.id_sets, "ood": data.ood_sets})
+    groups = {"id": data.id_sets, "ood": data.ood_sets}
+    metrics |= step_metrics(rows, groups) | mechanism.set_metrics(rows, groups)
     if records is not None:
         records += rows
     return metrics

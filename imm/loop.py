@@ -54,7 +54,7 @@ def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
     result = Result(sets=list(data.tests))
     base = steps.base_ref(cfg.model)
     teacher = steps.base_ref(cfg.teacher, teacher=True) if cfg.teacher else None
-    stage = _Stages(result, tracker, {"id": data.id_sets, "ood": data.ood_sets})
+    stage = _Stages(result, tracker, {"id": data.id_sets, "ood": data.ood_sets}, out / "evaluations")
     with stage("evaluate", 0):
         stage.record("Base", "base", 0, *steps.evaluate_stage(ctx, base))
     model, history = base, []
@@ -126,8 +126,8 @@ class _Stages:
     """Times stages (``with stage(name, step)``) and records evaluation rows in the result and MLflow,
     each with its per-item transitions from the base model (the first row recorded)."""
 
-    def __init__(self, result: Result, tracker: Tracker, groups: dict[str, list[str]]):
-        self.result, self.tracker, self.groups = result, tracker, groups
+    def __init__(self, result: Result, tracker: Tracker, groups: dict[str, list[str]], folder: Path):
+        self.result, self.tracker, self.groups, self.folder = result, tracker, groups, folder
         self.base_items: list[dict] | None = None
         self.last_items: list[dict] = []
 
@@ -144,6 +144,9 @@ class _Stages:
         else:
             metrics = metrics | transitions(self.base_items, items, self.groups)
         self.last_items = items
+        self.folder.mkdir(parents=True, exist_ok=True)  # per-item results by model, for paired statistics
+        write_jsonl(self.folder / f"{label.replace(' ', '')}.jsonl",
+                    [{k: r[k] for k in ("set", "index", "right", "steps") if k in r} for r in items])
         self.result.rows.append((label, metrics))
         self.tracker.metrics({f"eval/{kind}/{k}": v for k, v in metrics.items()}, step)
         log.info("%s: ID %.3f  OOD %.3f", label, metrics.get("id", float("nan")), metrics.get("ood", float("nan")))

@@ -26,6 +26,7 @@ from imm.grading.filtering import keep_correct
 from imm.analysis.importance import layer_importance
 from imm.merge.engine import merge_checkpoints
 from imm.models import ModelConfig, device_kind, load_model
+from imm.mechanism import kept_forms
 from imm.reasoning import kept_shares, kept_step_classes
 from imm.sampling import ENGINE_KEYS, ending_shares
 from imm.grading.answers import trails_answer
@@ -113,6 +114,8 @@ def data_key(cfg: Config, split: str) -> str:
     exemplars (their text is in every sampling and evaluation prompt)."""
     d = asdict(cfg.dataset)
     d.pop("n_test" if split == "train" else "n_train")
+    if split == "train" or d.get("eval_split") == "test":
+        d.pop("eval_split", None)  # the training questions never depend on it; test keeps its old keys
     shots = {"exemplars": digest(EXEMPLARS)} if cfg.dataset.kind == "benchmarks" else {}
     return digest({"dataset": d, "split": split, "prompt": cfg.prompt, **shots})
 
@@ -242,7 +245,8 @@ def synthesize_stage(ctx: Context, model: ModelRef, t: int) -> tuple[str, list[d
                                         "no_answer": y.no_answer, "timeouts": y.timeouts, "device": device,
                                         "new_tokens": decoded.get("new_tokens")}
                    | ending_shares(endings) | kept_text(kept)
-                   | kept_shares(classes) | ({"gold_rows": len(extra)} if gold else {}))
+                   | kept_shares(classes) | kept_forms(kept, ctx.data.train)
+                   | ({"gold_rows": len(extra)} if gold else {}))
 
     path, _ = ctx.store.get_or_compute("synthesize", key, compute, files=("kept.jsonl", "yield.json"))
     return key, read_jsonl(path / "kept.jsonl"), read_json(path / "yield.json")
