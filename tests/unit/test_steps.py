@@ -3,7 +3,7 @@ solutions of every family, the hand-labelled set, and the world's own styles ove
 
 import pytest
 
-from imm.data.world.problems import FAMILIES, make_split, render, sample_problems
+from imm.data.world.problems import FAMILIES, WORLDS, make_split, render, sample_problems
 from imm.data.world import agreement
 from imm.data.world.steps import (FORMS, Arithmetic, arithmetic, check_steps, equations, form,
                                      procedure, step_shares)
@@ -94,7 +94,8 @@ def test_hand_written_solutions(item, text, expected):
 
 def test_every_family_has_every_class_among_the_cases():
     seen = {(item["family"], cls) for item, _, cls in CASES}
-    assert seen >= {(f, c) for f in FAMILIES for c in ("sound", "shortcut", "flawed", "wrong")}
+    testbed = {f for id_family, ood in WORLDS.values() for f in (id_family, *ood)}  # the worlds' families
+    assert seen >= {(f, c) for f in testbed for c in ("sound", "shortcut", "flawed", "wrong")}
 
 
 def test_the_arithmetic_is_read_from_the_question_alone():
