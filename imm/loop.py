@@ -54,22 +54,21 @@ def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
     result = Result(sets=list(data.tests))
     base = steps.base_ref(cfg.model)
     teacher = steps.base_ref(cfg.teacher, teacher=True) if cfg.teacher else None
-    stage = _Stages(result, tracker, {"id": data.id_sets, "ood": data.ood_sets})
+    stage = _Stages(result, tracker, {"id": data.id_sets, "ood": data.ood_sets}, out / "evaluations")
     with stage("evaluate", 0):
         stage.record("Base", "base", 0, *steps.evaluate_stage(ctx, base))
-    model, kept_keys, history = base, [], []
+    model, history = base, []
     for t in range(cfg.run.iterations):
         step, prev = t + 1, model  # prev: θ_prev, the model this iteration starts from
-        start = base if cfg.method.restarts else model  # the model SFT fine-tunes (star: the base, afresh)
+        start = sft_start(cfg.method, base, model)
         with stage("generate", step):
             kept_key, kept, y = steps.synthesize_stage(ctx, teacher or model, t)  # distillation: the teacher samples
         result.lineage.append({"stage": "synthesize", "step": step, "model": (teacher or model).key, "out": kept_key})
         result.kept.append((step, y))
-        kept_keys.append(kept_key)
         history.append(kept)
         tracker.metrics(_flat(y, "gen/"), step)  # numbers only (the device is text)
         _save_samples(out / "samples" / f"iter{step}.jsonl", kept, tracker)
-        data_key, rows = steps.trainset_stage(ctx, kept_keys, history)
+        data_key, rows = steps.trainset_stage(ctx, history)
         log.info("iteration %d: kept %d/%d samples (yield %.3f), %d/%d questions covered; training on %d",
                  step, y["kept"], y["sampled"], y["yield"], y["covered"], y["questions"], len(rows))
         if not rows:
@@ -117,12 +116,18 @@ def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
     return result
 
 
+def sft_start(method, base: steps.ModelRef, model: steps.ModelRef) -> steps.ModelRef:
+    """The model an iteration's SFT fine-tunes: STaR restarts from the base model every iteration; the
+    others continue from the model that sampled (the previous SFT or merged model)."""
+    return base if method.restarts else model
+
+
 class _Stages:
     """Times stages (``with stage(name, step)``) and records evaluation rows in the result and MLflow,
     each with its per-item transitions from the base model (the first row recorded)."""
 
-    def __init__(self, result: Result, tracker: Tracker, groups: dict[str, list[str]]):
-        self.result, self.tracker, self.groups = result, tracker, groups
+    def __init__(self, result: Result, tracker: Tracker, groups: dict[str, list[str]], folder: Path):
+        self.result, self.tracker, self.groups, self.folder = result, tracker, groups, folder
         self.base_items: list[dict] | None = None
         self.last_items: list[dict] = []
 
@@ -139,6 +144,9 @@ class _Stages:
         else:
             metrics = metrics | transitions(self.base_items, items, self.groups)
         self.last_items = items
+        self.folder.mkdir(parents=True, exist_ok=True)  # per-item results by model, for paired statistics
+        write_jsonl(self.folder / f"{label.replace(' ', '')}.jsonl",
+                    [{k: r[k] for k in ("set", "index", "right", "steps") if k in r} for r in items])
         self.result.rows.append((label, metrics))
         self.tracker.metrics({f"eval/{kind}/{k}": v for k, v in metrics.items()}, step)
         log.info("%s: ID %.3f  OOD %.3f", label, metrics.get("id", float("nan")), metrics.get("ood", float("nan")))

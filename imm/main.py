@@ -25,12 +25,13 @@ from imm import loop
 
 from imm.report import console as summary
 from imm.config import validate
+from imm.jobplan import dry_run_data, plan_job, resources
 from imm.provenance import provenance
 from imm.store import StageStore, digest
 from imm.tracking import Tracker, source_tags
 
 log = logging.getLogger("imm")
-NOT_IN_JOB_KEY = ("tracking", "stages", "outputs")  # where results are logged/stored, not what they are
+NOT_IN_JOB_KEY = ("tracking", "stages", "outputs", "plan")  # where results are logged/stored, not what they are
 
 
 def _raise_interrupt(signum, frame):
@@ -92,9 +93,16 @@ def main(dcfg: DictConfig) -> float:
     prov = provenance()
     (out / "config.yaml").write_text(OmegaConf.to_yaml(dcfg, resolve=True))
     (out / "provenance.json").write_text(json.dumps(prov, indent=2))
+    plan = plan_job(cfg, resources(HydraConfig.get().launcher, cfg.plan), cfg.model.name)
     if cfg.run.dry_run:
+        print(plan.line())
+        dry_run_data(cfg.dataset)
         print(f"dry run: config valid, written to {out / 'config.yaml'}")
+        if plan.problems:
+            raise SystemExit(f"imm: the job does not fit what it asks for: {'; '.join(plan.problems)}")
         return float("nan")
+    if plan.at_start:  # e.g. under SLURM without a GPU, a large model would crawl on the CPU until its time limit
+        raise SystemExit(f"imm: {'; '.join(plan.at_start)}")
 
     store = StageStore(Path(cfg.stages.root), salt="" if cfg.stages.share else key,
                        lock_stale_s=cfg.stages.lock_stale_s)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from imm import mechanism
 from imm.data.world.steps import CLASSES, check_steps
 
 SHARES = CLASSES[:3]  # sound, shortcut, flawed: the classes of a right answer
@@ -30,15 +31,19 @@ def has_steps(item: dict) -> bool:
 
 
 def item_records(set_name: str, outs: list[list[str]], items: list[dict],
-                 verdicts: list[list[bool]]) -> list[dict]:
+                 verdicts: list[list[bool]], at_limit: list[list[bool]] | None = None) -> list[dict]:
     """One row per test item: set, index, samples n, how many were right, whether the first was, its
-    text, and for testbed items the step class of each sample ("wrong" where the grade says wrong)."""
+    text, and for testbed items the step class of each sample ("wrong" where the grade says wrong)
+    and its mechanism readings (``imm.mechanism.reading``; ``at_limit``: which samples used every
+    new token allowed, when the decoder reported it)."""
     rows = []
     for i, (texts, item, ok) in enumerate(zip(outs, items, verdicts, strict=True)):
         row = {"set": set_name, "index": i, "n": len(texts), "correct": sum(ok), "right": bool(ok[0]),
                "text": texts[0]}
         if has_steps(item):
             row["steps"] = [check_steps(t, item) if good else "wrong" for t, good in zip(texts, ok)]
+            limits = at_limit[i] if at_limit is not None else [None] * len(texts)
+            row["mechanism"] = [mechanism.reading(t, item, hit) for t, hit in zip(texts, limits)]
         rows.append(row)
     return rows
 

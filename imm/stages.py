@@ -7,6 +7,7 @@ model in memory so consecutive stages of one job do not reload it from disk.
 from __future__ import annotations
 
 import functools
+import gc
 import hashlib
 import logging
 from dataclasses import asdict, dataclass
@@ -19,11 +20,13 @@ from imm import methods
 from imm import sft
 from imm.config import Config
 from imm.data import Data
+from imm.data.prompts import EXEMPLARS
 from imm.evaluate import evaluate
 from imm.grading.filtering import keep_correct
 from imm.analysis.importance import layer_importance
 from imm.merge.engine import merge_checkpoints
 from imm.models import ModelConfig, device_kind, load_model
+from imm.mechanism import kept_forms
 from imm.reasoning import kept_shares, kept_step_classes
 from imm.sampling import ENGINE_KEYS, ending_shares
 from imm.grading.answers import trails_answer
@@ -72,6 +75,16 @@ class Context:
     def hold(self, ref: ModelRef, model) -> None:
         self._model, self._key = model, ref.key
 
+    def release(self) -> None:
+        """Hand the GPU over (to a vLLM engine): drop the model held here and empty the allocator's
+        cache, or the engine finds less free memory than engine.gpu_memory_utilization asks and refuses."""
+        self._model, self._key = None, None
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
 
 def base_ref(model: ModelConfig, teacher: bool = False) -> ModelRef:
     """A pretrained model's identity, from its content (not its path): the config and a sample of
@@ -97,9 +110,14 @@ def _sample_hash(path: Path, chunks: int = 16, size: int = 1 << 16) -> str:
 
 
 def data_key(cfg: Config, split: str) -> str:
+    """The items a stage reads: the dataset settings and prompts, and for benchmarks the few-shot
+    exemplars (their text is in every sampling and evaluation prompt)."""
     d = asdict(cfg.dataset)
     d.pop("n_test" if split == "train" else "n_train")
-    return digest({"dataset": d, "split": split, "prompt": cfg.prompt})
+    if split == "train" or d.get("eval_split") == "test":
+        d.pop("eval_split", None)  # the training questions never depend on it; test keeps its old keys
+    shots = {"exemplars": digest(EXEMPLARS)} if cfg.dataset.kind == "benchmarks" else {}
+    return digest({"dataset": d, "split": split, "prompt": cfg.prompt, **shots})
 
 
 # What each stage's key holds: every setting that changes its output, none that only changes speed.
@@ -127,7 +145,10 @@ def evaluate_fields(cfg: Config, model: ModelRef) -> dict:
         ev.pop("batch_size")  # greedy: speed only; vllm: not used
     model_cfg = cfg.teacher if model.teacher else cfg.model
     # engine.batch_size is the sampling stage's; evaluation's own (eval.batch_size) is in ``ev`` when it counts
-    return {"model": model.key, "eval": ev, "tests": data_key(cfg, "test"), "engine": decoding(cfg, model_cfg, False)}
+    engine = decoding(cfg, model_cfg, False)
+    if cfg.engine.backend == "vllm" and cfg.eval.temperature > 0:
+        engine["one_call"] = True  # every test set in one call: the requests' seeds follow from the order
+    return {"model": model.key, "eval": ev, "tests": data_key(cfg, "test"), "engine": engine}
 
 
 def synthesize_fields(cfg: Config, model: ModelRef, t: int) -> dict:
@@ -149,6 +170,13 @@ def sft_fields(cfg: Config, model: ModelRef, data: str, t: int) -> dict:
             "global_batch": sft.global_batch(cfg.sft, cfg.model.device)}
 
 
+def merge_fields(cfg: Config, base: ModelRef, prev: ModelRef, tuned: ModelRef, scales: dict[int, float] | None,
+                 t: int) -> dict:
+    """Merged on the CPU, tensor by tensor from the files: no device or engine setting enters."""
+    return {"base": base.key, "prev": prev.key, "sft": tuned.key, "merge": asdict(cfg.merge), "iteration": t,
+            "scales": scales}
+
+
 def evaluate_stage(ctx: Context, model: ModelRef) -> tuple[dict[str, float], list[dict]]:
     """The model's metrics and its per-item results (which items it got right, their text and, on the
     testbed, step classes: imm/reasoning.py), kept in the stage folder as items.jsonl."""
@@ -160,8 +188,10 @@ def evaluate_stage(ctx: Context, model: ModelRef) -> tuple[dict[str, float], lis
             from imm.sampling.vllm import complete_vllm
 
             log.info("evaluate on vllm (%d GPUs per engine)", engine.tensor_parallel_size)
+            ctx.release()
             run = functools.partial(complete_vllm, str(local_dir(model.path)), dtype=_model_cfg(ctx, model).dtype,
-                                    tensor_parallel_size=engine.tensor_parallel_size)
+                                    tensor_parallel_size=engine.tensor_parallel_size,
+                                    gpu_memory_utilization=engine.gpu_memory_utilization)
             metrics = evaluate(None, ctx.tok, ctx.data, ctx.item_prompt, ctx.cfg.eval, complete_fn=run, records=items)
         else:
             net = ctx.load(model)
@@ -191,9 +221,11 @@ def synthesize_stage(ctx: Context, model: ModelRef, t: int) -> tuple[str, list[d
 
             device = f"vllm ({engine.tensor_parallel_size} GPUs per engine)"
             log.info("synthesize on %s", device)
+            ctx.release()
             samples = synthesize_vllm(str(local_dir(model.path)), prompts, ctx.cfg.generate, t,
                                       tensor_parallel_size=engine.tensor_parallel_size,
-                                      dtype=_model_cfg(ctx, model).dtype)
+                                      dtype=_model_cfg(ctx, model).dtype,
+                                      gpu_memory_utilization=engine.gpu_memory_utilization)
         else:
             tok = ctx.teacher_tok if model.teacher else ctx.tok
             net = ctx.load(model)
@@ -213,7 +245,8 @@ def synthesize_stage(ctx: Context, model: ModelRef, t: int) -> tuple[str, list[d
                                         "no_answer": y.no_answer, "timeouts": y.timeouts, "device": device,
                                         "new_tokens": decoded.get("new_tokens")}
                    | ending_shares(endings) | kept_text(kept)
-                   | kept_shares(classes) | ({"gold_rows": len(extra)} if gold else {}))
+                   | kept_shares(classes) | kept_forms(kept, ctx.data.train)
+                   | ({"gold_rows": len(extra)} if gold else {}))
 
     path, _ = ctx.store.get_or_compute("synthesize", key, compute, files=("kept.jsonl", "yield.json"))
     return key, read_jsonl(path / "kept.jsonl"), read_json(path / "yield.json")
@@ -229,14 +262,19 @@ def kept_text(kept: list[dict]) -> dict[str, float]:
     return out | ({"kept_tokens": sum(tokens) / len(tokens)} if tokens else {})
 
 
-def trainset_stage(ctx: Context, kept_keys: list[str], history: list[list[dict]]) -> tuple[str, list[dict]]:
-    m = ctx.cfg.method
-    mode = methods.METHODS[m.name][0]
-    recipe = {"mode": mode, "share": m.history_share if mode == "mixture" else None}
-    key = ctx.store.key("trainset", recipe=recipe, kept=kept_keys, seed=ctx.cfg.run.seed)  # CPU, exact
+def trainset_fields(rows: list[dict]) -> dict:
+    """A training set is its rows: methods that build the same rows (vanilla, mixture and accumulation at
+    iteration 1) share the key, and so the SFT and evaluation stages that follow."""
+    return {"rows": digest(rows)}
+
+
+def trainset_stage(ctx: Context, history: list[list[dict]]) -> tuple[str, list[dict]]:
+    """The iteration's training rows, from every iteration's kept samples (oldest first), and their key."""
+    rows = methods.build_trainset(ctx.cfg.method, history, ctx.cfg.run.seed)  # CPU, exact, cheap
+    key = ctx.store.key("trainset", **trainset_fields(rows))
 
     def compute(tmp: Path) -> None:
-        write_jsonl(tmp / "rows.jsonl", methods.build_trainset(m, history, ctx.cfg.run.seed))
+        write_jsonl(tmp / "rows.jsonl", rows)
 
     path, _ = ctx.store.get_or_compute("trainset", key, compute, files=("rows.jsonl",))
     return key, read_jsonl(path / "rows.jsonl")
@@ -274,9 +312,7 @@ def sft_stage(ctx: Context, model: ModelRef, data: str, rows: list[dict], t: int
 def merge_stage(ctx: Context, base: ModelRef, prev: ModelRef, tuned: ModelRef, scales: dict[int, float] | None,
                 t: int) -> tuple[ModelRef, dict]:
     """θ_m = α·θ + (1−α)·(θ_prev + [scale·]DARE(θ_sft − θ_prev)), streamed over the safetensors files."""
-    # merged on the CPU, tensor by tensor from the files: no device or engine setting enters
-    key = ctx.store.key("merge", base=base.key, prev=prev.key, sft=tuned.key, merge=asdict(ctx.cfg.merge),
-                        iteration=t, scales=scales)
+    key = ctx.store.key("merge", **merge_fields(ctx.cfg, base, prev, tuned, scales, t))
 
     def compute(tmp: Path) -> None:
         log.info("merge on cpu (streamed tensor by tensor)")

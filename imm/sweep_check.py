@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 
 from imm.config import validate
 from imm.provenance import git_sha
-from imm.tracking import TrackingConfig, ensure_store, source_tags, start_sweep_run
+from imm.tracking import TrackingConfig, cluster_refusal, ensure_store, source_tags, start_sweep_run
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,21 @@ def grid(cfg: DictConfig) -> list[list[str]]:
     return [job for batch in batches for job in batch]
 
 
+def refuse_unplanned(config: DictConfig, jobs: list[list[str]], typed: list) -> None:
+    """Print every job's resource plan (imm/jobplan.py); stop the grid, with nothing launched, when any
+    job does not fit what it asks for."""
+    from imm.jobplan import plan_job, resources
+
+    common = set.intersection(*(set(o) for o in jobs)) if jobs else set()
+    plans = [plan_job(c, resources(config.hydra.launcher, c.plan), f"job #{i} ({' '.join(x for x in o if x not in common)})")
+             for i, (o, c) in enumerate(zip(jobs, typed))]
+    print("resource plan, one line a job:\n" + "\n".join(p.line() for p in plans), flush=True)
+    bad = [p for p in plans if p.problems]
+    if bad:
+        raise SystemExit(f"imm: {len(bad)} of {len(plans)} jobs do not fit what they ask for, nothing was "
+                         f"launched:\n" + "\n".join(f"{p.label}: " + "; ".join(p.problems) for p in bad))
+
+
 class ValidateSweep(Callback):
     def __init__(self) -> None:
         self.parents: dict[tuple[str, str], tuple[TrackingConfig, str]] = {}  # (uri, experiment) -> parent run
@@ -63,12 +78,18 @@ class ValidateSweep(Callback):
                 # is not an Exception, so it stops the sweep here, with nothing run.
                 raise SystemExit(f"imm: job #{i} ({' '.join(overrides)}) has a bad config, nothing was "
                                  f"launched: {type(e).__name__}: {e}") from e
+        refuse_unplanned(config, jobs, typed)
         stores = {(c.tracking.uri, c.tracking.experiment): c.tracking for c in typed if c.tracking.enabled}
+        on_slurm = "Slurm" in str(config.hydra.launcher.get("_target_", ""))
         for tracking in stores.values():
+            if on_slurm and (why := cluster_refusal(tracking)):
+                raise SystemExit(f"imm: the grid's jobs could not log, nothing was launched: {why}")
             ensure_store(tracking)
         log.info("checked %d job configs; MLflow store ready for %s", len(jobs),
                  ", ".join(e for _, e in sorted(stores)) or "no tracking")
         if any(c.run.dry_run for c in typed):
+            if on_slurm:
+                raise SystemExit(0)  # planned and checked: a dry run submits nothing to the cluster
             return
         self.sweep_id, self.started = Path(config.hydra.sweep.dir).name, time.time()
         tags = {"jobs": str(len(jobs)), "grid": " ".join(config.hydra.overrides.task)[:5000]}

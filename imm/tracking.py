@@ -41,6 +41,50 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
+# filesystems several nodes mount at once, where SQLite's locking (and flock) cannot be trusted
+SHARED_FS = ("nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "ceph", "glusterfs", "fuse.glusterfs",
+             "panfs", "wekafs", "fuse.sshfs", "9p")
+SERVER_HINT = ("run one MLflow server where the compute nodes reach it, with basic authentication (mlflow server "
+               "--host 0.0.0.0 --port 5000 --app-name basic-auth ..., docs/scale-out.md) and give the jobs its "
+               "address: tracking=server with MLFLOW_TRACKING_URI=http://<that host>:5000 (credentials in "
+               "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)")
+
+
+def under_slurm() -> bool:
+    return "SLURM_JOB_ID" in os.environ
+
+
+def filesystem(path: Path, mounts: str | None = None) -> str:
+    """The type of the filesystem holding ``path`` (the longest mount point above it in /proc/mounts)."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text()
+        except OSError:
+            return ""
+    target, best = str(path.resolve()), ("", "")
+    for line in mounts.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and (target == parts[1] or target.startswith(parts[1].rstrip("/") + "/")):
+            best = max(best, (parts[1], parts[2]), key=lambda m: len(m[0]))
+    return best[1]
+
+
+def cluster_refusal(cfg: TrackingConfig, mounts: str | None = None) -> str:
+    """Why jobs on other nodes cannot log to this store ("" = they can): a loopback address, or SQLite
+    on a shared filesystem."""
+    from urllib.parse import urlparse
+
+    if not cfg.enabled:
+        return ""
+    host = urlparse(cfg.uri).hostname or ""
+    if cfg.uri.startswith("http") and (host in ("localhost", "::1", "0.0.0.0") or host.startswith("127.")):
+        return f"tracking.uri={cfg.uri} is a loopback address, which no other node reaches: {SERVER_HINT}"
+    db = _sqlite_path(cfg.uri)
+    if db is not None and (kind := filesystem(db, mounts)) in SHARED_FS:
+        return f"tracking.uri={cfg.uri} is SQLite on a shared filesystem ({kind}), whose locks are unreliable: {SERVER_HINT}"
+    return ""
+
+
 def ensure_store(cfg: TrackingConfig) -> str:
     """Create the store and the experiment once (safe under concurrent jobs); returns its id."""
     import mlflow
@@ -58,7 +102,7 @@ def ensure_store(cfg: TrackingConfig) -> str:
                     client.set_experiment_tag(exp.experiment_id, k, v)
             return exp.experiment_id
         artifacts = cfg.artifact_root
-        if "://" not in artifacts:
+        if "://" not in artifacts and not artifacts.startswith("mlflow-artifacts:"):  # a server's proxied store
             Path(artifacts).mkdir(parents=True, exist_ok=True)
             artifacts = Path(artifacts).resolve().as_uri()
         return client.create_experiment(cfg.experiment, artifact_location=artifacts, tags=EXPERIMENT_TAGS)
@@ -133,6 +177,8 @@ class Tracker:
         and, when the sweep has a parent run, as that run's child."""
         if not self.cfg.enabled:
             return False
+        if under_slurm() and (why := cluster_refusal(self.cfg)):
+            raise SystemExit(f"imm: {why}")
         import mlflow
         from mlflow.entities import Param, RunTag
 

@@ -71,10 +71,16 @@ class DatasetConfig:
     # benchmarks: a folder the testbed world's families are written to as benchmark files when they are
     # missing (imm/data/world/benchmark_files.py, seeded by dataset.seed); null = files are the user's
     world_files: Optional[str] = None
+    # testbed: which items the test sets hold. test: the reported split | validation: items carved from
+    # the training questions' part of question space, none of them a training question of the run:
+    # choose α, SFT strength, the base model on it, never on test
+    eval_split: str = "test"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"dataset.kind={self.kind!r} is not one of {KINDS}")
+        if self.eval_split not in ("test", "validation"):
+            raise ValueError(f"dataset.eval_split={self.eval_split!r} is not test or validation")
         if self.overlap not in OVERLAP:
             raise ValueError(f"dataset.overlap={self.overlap!r} is not one of {OVERLAP}")
         self.files = {name: _split_files(name, v) for name, v in self.files.items()}
@@ -148,13 +154,23 @@ def _load(cfg: DatasetConfig) -> Data:
         id_sets = cfg.id_sets or [problems.ID_FAMILY]
         ood_sets = cfg.ood_sets or list(problems.OOD_FAMILIES)
         train = problems.make_split(id_sets[0], "train", cfg.n_train, cfg.seed)
-        tests = {name: problems.make_split(name, "test", cfg.n_test, cfg.seed) for name in id_sets + ood_sets}
+        tests = {name: _eval_items(problems, name, cfg, train) for name in id_sets + ood_sets}
         return Data(train, tests, id_sets, ood_sets)
     if cfg.kind == "benchmarks":
         return _benchmarks(cfg)
     tests = {name: _cap(read_jsonl(path), cfg.n_test) for name, path in cfg.test_files.items()}
     ood = cfg.ood_sets or [n for n in tests if n not in cfg.id_sets]
     return Data(_cap(read_jsonl(cfg.train_file), cfg.n_train), tests, list(cfg.id_sets), ood)
+
+
+def _eval_items(problems, name: str, cfg: DatasetConfig, train: list[dict]) -> list[dict]:
+    """A testbed set's evaluation items: its test split, or its validation split less any of the run's
+    training questions (drawn with room to spare, so the count stays ``n_test``)."""
+    if cfg.eval_split == "test":
+        return problems.make_split(name, "test", cfg.n_test, cfg.seed)
+    taken = {normalise(item["question"]) for item in train}
+    drawn = problems.make_split(name, "validation", cfg.n_test + len(taken), cfg.seed)
+    return [item for item in drawn if normalise(item["question"]) not in taken][:cfg.n_test]
 
 
 def _benchmarks(cfg: DatasetConfig) -> Data:

@@ -8,9 +8,12 @@ by step.". ``dataset`` is an exemplar set (``gsm8k``, ``math``, ``choice``) or a
 (``imm.grading.answers``: a new "Question:", "### Instruction", ... at a line start): past them the
 model is writing the next exemplar of an imagined prompt.
 
-The exemplars ship as data below. GSM8K: the eight of Wei et al. (2022) and two more in their
-style. MATH: the three visible in the paper's Table 12, the four Minerva exemplars (Lewkowycz et
-al., 2022) and three more in their style. Multiple choice (MathQA, SAT, MMLU-STEM): ten short
+The exemplars ship as data below. GSM8K: the three GSM8K training problems the paper's Table 11
+shows (Angelo and Melanie, Mark's basketball team, Bella's marbles), in its text with the
+extraction's escaped asterisks and "l unch" repaired, then seven more written for imm in their
+style: multi-step word problems, one step a line (the paper prints only those three). MATH: the
+three visible in the paper's Table 12, the four Minerva exemplars (Lewkowycz et al., 2022) and
+three more in their style. Multiple choice (MathQA, SAT, MMLU-STEM): ten short
 problems with lettered options, so the model ends with a letter.
 """
 
@@ -23,42 +26,108 @@ EXEMPLAR = "Question: {question}\nA: Let's think step by step.\n{rationale}\nThe
 
 # (question, rationale, final answer as it follows "The answer is")
 GSM8K = (
-    ("There are 15 trees in the grove. Grove workers will plant trees in the grove today. After they "
-     "are done, there will be 21 trees. How many trees did the grove workers plant today?",
-     "There are 15 trees originally. Then there were 21 trees after some more were planted. So there "
-     "must have been 21 - 15 = 6.", "6"),
-    ("If there are 3 cars in the parking lot and 2 more cars arrive, how many cars are in the parking lot?",
-     "There are originally 3 cars. 2 more cars arrive. 3 + 2 = 5.", "5"),
-    ("Leah had 32 chocolates and her sister had 42. If they ate 35, how many pieces do they have left in total?",
-     "Originally, Leah had 32 chocolates. Her sister had 42. So in total they had 32 + 42 = 74. After "
-     "eating 35, they had 74 - 35 = 39.", "39"),
-    ("Jason had 20 lollipops. He gave Denny some lollipops. Now Jason has 12 lollipops. How many "
-     "lollipops did Jason give to Denny?",
-     "Jason started with 20 lollipops. Then he had 12 after giving some to Denny. So he gave Denny "
-     "20 - 12 = 8.", "8"),
-    ("Shawn has five toys. For Christmas, he got two toys each from his mom and dad. How many toys "
-     "does he have now?",
-     "Shawn started with 5 toys. If he got 2 toys each from his mom and dad, then that is 4 more toys. "
-     "5 + 4 = 9.", "9"),
-    ("There were nine computers in the server room. Five more computers were installed each day, from "
-     "monday to thursday. How many computers are now in the server room?",
-     "There were originally 9 computers. For each of 4 days, 5 more computers were added. So 5 * 4 = 20 "
-     "computers were added. 9 + 20 is 29.", "29"),
-    ("Michael had 58 golf balls. On tuesday, he lost 23 golf balls. On wednesday, he lost 2 more. How "
-     "many golf balls did he have at the end of wednesday?",
-     "Michael started with 58 golf balls. After losing 23 on tuesday, he had 58 - 23 = 35. After losing "
-     "2 more, he had 35 - 2 = 33 golf balls.", "33"),
-    ("Olivia has $23. She bought five bagels for $3 each. How much money does she have left?",
-     "Olivia had 23 dollars. 5 bagels for 3 dollars each will be 5 x 3 = 15 dollars. So she has "
-     "23 - 15 dollars left. 23 - 15 is 8.", "8"),
-    ("A baker made 48 cupcakes. She sold 3 boxes of 6 cupcakes each and gave 5 cupcakes to her "
-     "neighbor. How many cupcakes does she have left?",
-     "The baker sold 3 boxes of 6 cupcakes, which is 3 * 6 = 18 cupcakes. She also gave away 5, so "
-     "18 + 5 = 23 cupcakes are gone. She has 48 - 23 = 25 cupcakes left.", "25"),
-    ("Tom reads 12 pages of a book every day. The book has 180 pages. After reading for 9 days, how "
-     "many pages does he still have to read?",
-     "In 9 days Tom reads 12 * 9 = 108 pages. The book has 180 pages, so he still has 180 - 108 = 72 "
-     "pages to read.", "72"),
+    # the three exemplars the paper's Table 11 shows (GSM8K training problems), as printed there
+    ("Angelo and Melanie want to plan how many hours over the next week they should study together for their "
+     "test next week. They have 2 chapters of their textbook to study and 4 worksheets to memorize. They figure "
+     "out that they should dedicate 3 hours to each chapter of their textbook and 1.5 hours for each worksheet. "
+     "If they plan to study no more than 4 hours each day, how many days should they plan to study total over "
+     "the next week if they take a 10-minute break every hour, include 3 10-minute snack breaks each day, and "
+     "30 minutes for lunch each day?",
+     "Angelo and Melanie think they should dedicate 3 hours to each of the 2 chapters, 3 hours x 2 chapters = 6 "
+     "hours total.\n"
+     "For the worksheets they plan to dedicate 1.5 hours for each worksheet, 1.5 hours x 4 worksheets = 6 hours "
+     "total.\n"
+     "Angelo and Melanie need to start with planning 12 hours to study, at 4 hours a day, 12/4 = 3 days.\n"
+     "However, they need to include time for breaks and lunch. Every hour they want to include a 10-minute "
+     "break, so 12 total hours x 10 minutes = 120 extra minutes for breaks.\n"
+     "They also want to include 3 10-minute snack breaks, 3 x 10 minutes = 30 minutes.\n"
+     "And they want to include 30 minutes for lunch each day, so 120 minutes for breaks + 30 minutes for snack "
+     "breaks + 30 minutes for lunch = 180 minutes, or 180 / 60 minutes per hour = 3 extra hours.\n"
+     "So Angelo and Melanie want to plan 12 hours to study + 3 hours of breaks = 15 hours total.\n"
+     "They want to study no more than 4 hours each day, 15 hours / 4 hours each day = 3.75\n"
+     "They will need to plan to study 4 days to allow for all the time they need.", "4"),
+    ("Mark's basketball team scores 25 2 pointers, 8 3 pointers and 10 free throws. Their opponents score "
+     "double the 2 pointers but half the 3 pointers and free throws. What's the total number of points scored "
+     "by both teams added together?",
+     "Mark's team scores 25 2 pointers, meaning they scored 25*2=50 points in 2 pointers.\n"
+     "His team also scores 6 3 pointers, meaning they scored 8*3=24 points in 3 pointers\n"
+     "They scored 10 free throws, and free throws count as one point so they scored 10*1=10 points in free "
+     "throws.\n"
+     "All together his team scored 50+24+10=84 points\n"
+     "Mark's opponents scored double his team's number of 2 pointers, meaning they scored 50*2=100 points in "
+     "2 pointers.\n"
+     "His opponents scored half his team's number of 3 pointers, meaning they scored 24/2= 12 points in 3 "
+     "pointers.\n"
+     "They also scored half Mark's team's points in free throws, meaning they scored 10/2=5 points in free "
+     "throws.\n"
+     "All together Mark's opponents scored 100+12+5=117 points\n"
+     "The total score for the game is both team's scores added together, so it is 84+117=201 points", "201"),
+    ("Bella has two times as many marbles as frisbees. She also has 20 more frisbees than deck cards. If she "
+     "buys 2/5 times more of each item, what would be the total number of the items she will have if she "
+     "currently has 60 marbles?",
+     "When Bella buys 2/5 times more marbles, she'll have increased the number of marbles by 2/5*60 = 24\n"
+     "The total number of marbles she'll have is 60+24 = 84\n"
+     "If Bella currently has 60 marbles, and she has two times as many marbles as frisbees, she has 60/2 = 30 "
+     "frisbees.\n"
+     "If Bella buys 2/5 times more frisbees, she'll have 2/5*30 = 12 more frisbees.\n"
+     "The total number of frisbees she'll have will increase to 30+12 = 42\n"
+     "Bella also has 20 more frisbees than deck cards, meaning she has 30-20 = 10 deck cards\n"
+     "If she buys 2/5 times more deck cards, she'll have 2/5*10 = 4 more deck cards.\n"
+     "The total number of deck cards she'll have is 10+4 = 14\n"
+     "Together, Bella will have a total of 14+42+84 = 140 items", "140"),
+    # seven more, written for imm in the same style (multi-step word problems, one step a line)
+    ("A bakery sells muffins for $3 each and cookies for $1.50 each. On Saturday it sold 48 muffins and twice "
+     "as many cookies. On Sunday it sold a third fewer muffins than on Saturday and 30 cookies. How much money "
+     "did the bakery make over the weekend?",
+     "On Saturday the bakery sold 48 muffins for 48*3 = 144 dollars.\n"
+     "It sold twice as many cookies as muffins, 48*2 = 96 cookies, for 96*1.5 = 144 dollars.\n"
+     "So on Saturday it made 144+144 = 288 dollars.\n"
+     "On Sunday it sold a third fewer muffins, 48/3 = 16 fewer, so 48-16 = 32 muffins for 32*3 = 96 dollars.\n"
+     "The 30 cookies on Sunday brought 30*1.5 = 45 dollars, so on Sunday it made 96+45 = 141 dollars.\n"
+     "Over the weekend the bakery made 288+141 = 429 dollars", "429"),
+    ("Carla is filling her swimming pool with two hoses. The first hose puts in 12 gallons a minute and the "
+     "second 8 gallons a minute, but the pool leaks 2 gallons a minute. The pool holds 1,800 gallons and "
+     "already has 720 gallons in it. How many minutes will it take to fill the pool?",
+     "Together the two hoses put in 12+8 = 20 gallons a minute.\n"
+     "The pool leaks 2 gallons a minute, so it fills by 20-2 = 18 gallons a minute.\n"
+     "The pool still needs 1800-720 = 1080 gallons.\n"
+     "At 18 gallons a minute that takes 1080/18 = 60 minutes", "60"),
+    ("Jamal earns $20 an hour and works 8 hours a day, 5 days a week. He gets paid time and a half for every "
+     "hour over 40 in a week. Last week he also worked 6 hours on Saturday. He spends a quarter of his weekly "
+     "pay on rent and puts $150 into savings. How much money does he have left from last week's pay?",
+     "From Monday to Friday Jamal worked 8*5 = 40 hours, which pays 40*20 = 800 dollars.\n"
+     "The 6 hours on Saturday are over 40, so they pay time and a half, 20*1.5 = 30 dollars an hour.\n"
+     "Saturday paid 6*30 = 180 dollars, so his pay for the week was 800+180 = 980 dollars.\n"
+     "Rent takes a quarter of it, 980/4 = 245 dollars.\n"
+     "After rent and savings he has 980-245-150 = 585 dollars left", "585"),
+    ("A school is taking 3 classes on a field trip. The classes have 28, 31 and 25 students, and each class "
+     "brings 3 adults. Each bus holds 40 people and costs $120. Museum tickets cost $6 for a student and $10 "
+     "for an adult. How much will the school pay for the buses and the tickets?",
+     "There are 28+31+25 = 84 students and 3*3 = 9 adults, so 84+9 = 93 people go on the trip.\n"
+     "Each bus holds 40 people, and 93/40 = 2.325, so the school needs 3 buses.\n"
+     "The buses cost 3*120 = 360 dollars.\n"
+     "The student tickets cost 84*6 = 504 dollars and the adult tickets 9*10 = 90 dollars.\n"
+     "In total the school pays 360+504+90 = 954 dollars", "954"),
+    ("Priya bought a laptop that cost $900. She paid 20% of the price up front and the rest in 6 equal monthly "
+     "payments. The store also charged a $30 fee that was added to the first payment. How much was her first "
+     "monthly payment?",
+     "Priya paid 900*20/100 = 180 dollars up front.\n"
+     "She still owed 900-180 = 720 dollars, paid in 6 equal payments of 720/6 = 120 dollars.\n"
+     "With the fee added, her first payment was 120+30 = 150 dollars", "150"),
+    ("A farmer has 120 chickens, and each chicken lays 5 eggs a week. He keeps 24 eggs a week for his family "
+     "and sells the rest in cartons of a dozen for $4 a carton. How much money does he make from eggs in 4 "
+     "weeks?",
+     "The chickens lay 120*5 = 600 eggs a week.\n"
+     "After keeping 24 for his family he sells 600-24 = 576 eggs a week.\n"
+     "That is 576/12 = 48 cartons a week, which bring 48*4 = 192 dollars.\n"
+     "In 4 weeks he makes 192*4 = 768 dollars", "768"),
+    ("Ms. Lopez drives to work and back, 18 miles each way, 5 days a week, and drives another 45 miles on the "
+     "weekend. Her car goes 30 miles on a gallon of gas, and gas costs $4 a gallon. How much does she spend "
+     "on gas in a week?",
+     "Each work day she drives 18*2 = 36 miles, so in 5 days she drives 36*5 = 180 miles.\n"
+     "With the weekend she drives 180+45 = 225 miles a week.\n"
+     "Her car needs 225/30 = 7.5 gallons for that.\n"
+     "The gas costs 7.5*4 = 30 dollars", "30"),
 )
 
 MATH = (

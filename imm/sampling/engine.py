@@ -19,12 +19,15 @@ class EngineConfig:
     compile: bool = False  # hf only: static KV cache + compiled step (CUDA graphs on a GPU), rows stay in the batch
     tensor_parallel_size: int = 1  # vllm only: GPUs one engine spans
     batch_size: int = 0  # hf sampling: prompts per decoding call; 0 = chosen from the KV-cache size and memory
+    gpu_memory_utilization: float = 0.9  # vllm only: share of each GPU's memory one engine may take (weights + KV cache)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"engine.backend={self.backend!r} is not one of {BACKENDS}")
         if self.compile and self.backend != "hf":
             raise ValueError("engine.compile applies to the hf backend (vllm captures its own CUDA graphs)")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"engine.gpu_memory_utilization={self.gpu_memory_utilization} must lie in (0, 1]")
         if self.batch_size < 0 or self.tensor_parallel_size < 1:
             raise ValueError("engine.batch_size must be >= 0 and engine.tensor_parallel_size >= 1")
 

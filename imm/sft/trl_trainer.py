@@ -143,11 +143,14 @@ def gather_zero3(engine, model, dtypes: dict[str, torch.dtype]) -> None:
 
 
 def train_trl(model, tok, rows: list[dict], prompt_fn, cfg: SFTConfig, iteration: int,
-              deepspeed: str | None = None, bf16: bool = False, fp16: bool = False) -> dict:
+              deepspeed: str | None = None, bf16: bool = False, fp16: bool = False, save_to: Path | None = None) -> dict:
     """Fine-tune ``model`` in place with TRL's SFTTrainer; returns the stats of ``imm.sft.torch_loop.train``.
 
     ``bf16``/``fp16``: mixed precision over the model's own (fp32) weights, as the Trainer does it. The
-    model is trained on the device it is on (one process) and is left there."""
+    model is trained on the device it is on (one process) and is left there. ``save_to`` (ZeRO-3 workers
+    of ``launch``): the ranks gather the 16-bit weights once and rank 0 writes them there
+    (stage3_gather_16bit_weights_on_model_save), instead of every rank gathering full fp32 weights
+    into ``model``, which is then left sharded."""
     from trl import SFTTrainer
 
     deepspeed = resolve(deepspeed) if deepspeed else None
@@ -166,7 +169,9 @@ def train_trl(model, tok, rows: list[dict], prompt_fn, cfg: SFTConfig, iteration
         start = time.perf_counter()
         trainer.train()
         took = time.perf_counter() - start
-        if deepspeed:
+        if deepspeed and save_to is not None:
+            trainer.save_model(str(save_to))  # a collective call: every rank takes part, rank 0 writes
+        elif deepspeed:
             gather_zero3(trainer.model_wrapped, model, dtypes)
         else:
             for name, p in model.named_parameters():  # the caller gets its dtype back whatever the Trainer did
@@ -238,15 +243,32 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     cfg = SFTConfig(**json.loads(Path(args.sft).read_text()))
     rows = [json.loads(line) for line in Path(args.rows).read_text().splitlines() if line.strip()]
-    # fp32 master weights on the CPU; the Trainer (DeepSpeed) places them on this rank's GPU
-    model = load_model(ModelConfig(path=args.model, device="cpu"), dtype="float32")
+    bf16, fp16 = args.dtype == "bfloat16", args.dtype == "float16"
+    out = Path(args.out)
+    if args.deepspeed:
+        # ZeRO-3 initialised sharded: the training arguments (and with them transformers' DeepSpeed
+        # config) exist before from_pretrained, which then builds only this rank's shard of the fp32
+        # master weights instead of a full copy per rank on the host
+        ds_args = trainer_args(cfg, args.iteration, str(out), resolve(args.deepspeed), bf16, fp16)
+        assert ds_args.device is not None  # the process group, now: the shards follow the world size
+        import deepspeed
+
+        deepspeed.init_distributed()  # DeepSpeed's view of that group, which zero.Init asks for the world size
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+        sharded = all(hasattr(p, "ds_id") for p in model.parameters())  # ZeRO-3 parameters from the start
+    else:  # fp32 master weights on the CPU; the Trainer places them on this rank's GPU
+        model, sharded = load_model(ModelConfig(path=args.model, device="cpu"), dtype="float32"), False
     tok = load_tokenizer(args.model)
     stats = train_trl(model, tok, rows, lambda prompt: prompt, cfg, args.iteration, deepspeed=args.deepspeed,
-                      bf16=args.dtype == "bfloat16", fp16=args.dtype == "float16")
+                      bf16=bf16, fp16=fp16, save_to=out / "model" if args.deepspeed else None)
+    stats["sharded_init"] = sharded
     if int(os.environ.get("RANK", "0")) == 0:
-        model.to(DTYPES[args.dtype]).save_pretrained(Path(args.out) / "model")
-        tok.save_pretrained(Path(args.out) / "model")
-        (Path(args.out) / "stats.json").write_text(json.dumps(stats))
+        if not args.deepspeed:
+            model.to(DTYPES[args.dtype]).save_pretrained(out / "model")
+        tok.save_pretrained(out / "model")
+        (out / "stats.json").write_text(json.dumps(stats))
 
 
 def first_batch(model, tok, rows: list[dict], prompt_fn, cfg: SFTConfig) -> dict[str, torch.Tensor]:

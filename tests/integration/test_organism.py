@@ -19,6 +19,9 @@ def test_star_job_restarts_from_base_and_logs_steps_and_transitions(tmp_path):
     assert all(r["model"] == base for r in sft.values())  # every iteration fine-tunes the base model afresh
     assert synth[1]["model"] == base and synth[2]["model"] == sft[1]["out"] != base  # the SFT model samples
     assert sft[1]["out"] != sft[2]["out"]
+    evaluations = {p.stem: [json.loads(line) for line in open(p)] for p in (job / "evaluations").glob("*.jsonl")}
+    assert sorted(evaluations) == ["Base", "SFT1", "SFT2"]  # per-item results for paired statistics
+    assert {r["set"] for r in evaluations["SFT2"]} == {"id_addsub", "ood_wording", "ood_mult", "ood_multistep"}
 
     client, (run,) = runs_of(tmp_path)
     tags, m = run.data.tags, run.data.metrics
@@ -34,6 +37,10 @@ def test_star_job_restarts_from_base_and_logs_steps_and_transitions(tmp_path):
         assert sorted(history(f"eval/base/ood/{share}")) == [0]
     for step in (1, 2):
         assert abs(sum(history(f"gen/{s}")[step] for s in SHARES) - 1) < 1e-9
+        forms = [v for k, v in m.items() if k.startswith("gen/form/")]
+        assert len(forms) == 8 and abs(sum(forms) - 1) < 1e-9  # the kept samples' forms (last iteration)
+    for key in ("ood_mult/writes_product", "ood/right_procedure", "id/form/canonical", "ood/ran_to_limit"):
+        assert 0 <= history(f"eval/sft/{key}")[2] <= 1
     assert "eval/base/ood/forgotten" not in m  # the base is what the others are measured against
     for name in ("id_addsub", "ood_wording", "ood_mult", "ood_multistep"):
         forgotten, solved = history(f"eval/sft/{name}/forgotten"), history(f"eval/sft/{name}/newly_solved")

@@ -164,7 +164,8 @@ def test_zero3_on_cpu_matches_the_single_process_run(reference, tiny_model, tmp_
 
 
 def test_launch_two_ranks_shards_and_matches_one_process(reference, tiny_model, tmp_path, monkeypatch):
-    """torchrun with 2 gloo ranks: ZeRO-3 shards every tensor in two, rank 0 saves the gathered model."""
+    """torchrun with 2 gloo ranks: ZeRO-3 builds each rank's shard in from_pretrained, trains, and the ranks
+    gather the 16-bit weights once for rank 0 to save (fp32 here: the same numbers as one process)."""
     from imm.sft.trl_trainer import launch
 
     before, trained, plain = reference
@@ -175,6 +176,7 @@ def test_launch_two_ranks_shards_and_matches_one_process(reference, tiny_model, 
     stats = launch(str(tiny_model), rows(), problems.format_prompt, two, 0, str(tmp_path), nproc=2,
                    deepspeed="conf/deepspeed/zero3.json", dtype="float32")
     assert stats["steps"] == plain["steps"] and abs(stats["loss"] - plain["loss"]) < 1e-4
+    assert stats["sharded_init"]  # each rank built its shard in from_pretrained, not a full copy
     launched = weights(load_model(ModelConfig(path=str(tmp_path / "model"))))
     assert max_diff(launched, before) > 1e-4
     assert max_diff(launched, trained) < 1e-5

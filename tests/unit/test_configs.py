@@ -21,12 +21,15 @@ def compose_cfg(*overrides):
     return cfg
 
 
+# the paper's OOD suite has two sets without a hub split: a run names their files
+PAPER_FILES = [f"dataset.files.{n}.test={ROOT / 'tests' / 'fixtures' / n / 'test.jsonl'}" for n in ("mawps", "sat_math")]
 OPTIONAL_GROUPS = {"baseline"}  # not in the defaults list: added with +group=option
 
 
 @pytest.mark.parametrize("group,option", [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))])
 def test_every_group_option_composes(group, option):
-    typed = validate(compose_cfg(f"{'+' if group in OPTIONAL_GROUPS else ''}{group}={option}"))
+    files = PAPER_FILES if (group, option) in (("dataset", "gsm8k"), ("dataset", "math")) else []
+    typed = validate(compose_cfg(f"{'+' if group in OPTIONAL_GROUPS else ''}{group}={option}", *files))
     if group in ("method", "merge"):
         assert getattr(typed, group).name == option
     if group == "baseline":  # a method, or vanilla with one SFT intervention
@@ -67,3 +70,19 @@ def test_wrong_type_and_unknown_key_fail_at_compose():
 def test_missing_dataset_file_fails(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         validate(compose_cfg("dataset.kind=jsonl", f"dataset.train_file={tmp_path}/missing.jsonl"))
+
+
+@pytest.mark.parametrize("dataset,k", [("gsm8k", 3), ("math", 6)])
+def test_a_paper_dataset_brings_the_papers_sampling_and_evaluation(dataset, k):
+    """One run with dataset=gsm8k is the paper's run, not the testbed's k=4 at 80 tokens; a command-line
+    value still wins; the default OOD suite is the paper's, MAWPS and SAT-Math included, and refused
+    naming the fix while their files are missing."""
+    cfg = compose_cfg(f"dataset={dataset}")
+    assert (cfg.generate.k, cfg.generate.max_new_tokens, cfg.eval.max_new_tokens) == (k, 512, 512)
+    assert list(cfg.generate.temperatures) == [0.2, 0.4, 0.6] and cfg.eval.temperature == 0
+    assert {"mawps", "sat_math", "svamp", "asdiv", "mathqa", "mmlu_stem"} <= set(cfg.dataset.test_sets)
+    assert compose_cfg(f"dataset={dataset}", "generate.k=5").generate.k == 5
+    assert compose_cfg(f"dataset={dataset}", "generate=testbed").generate.max_new_tokens == 80
+    with pytest.raises(FileNotFoundError, match="'mawps' has no hub id: give dataset.files.mawps.test"):
+        validate(cfg)
+    validate(compose_cfg(f"dataset={dataset}", *PAPER_FILES))

@@ -8,12 +8,20 @@ from imm.grading.answers import STOP_STRINGS, cut_at_stop, final_answer
 ONE_SHOT = """Below is an instruction that describes a task. Write a response that appropriately \
 completes the request like given examples below:
 
-Question: There are 15 trees in the grove. Grove workers will plant trees in the grove today. After \
-they are done, there will be 21 trees. How many trees did the grove workers plant today?
+Question: Mark's basketball team scores 25 2 pointers, 8 3 pointers and 10 free throws. Their opponents \
+score double the 2 pointers but half the 3 pointers and free throws. What's the total number of points \
+scored by both teams added together?
 A: Let's think step by step.
-There are 15 trees originally. Then there were 21 trees after some more were planted. So there must \
-have been 21 - 15 = 6.
-The answer is 6
+Mark's team scores 25 2 pointers, meaning they scored 25*2=50 points in 2 pointers.
+His team also scores 6 3 pointers, meaning they scored 8*3=24 points in 3 pointers
+They scored 10 free throws, and free throws count as one point so they scored 10*1=10 points in free throws.
+All together his team scored 50+24+10=84 points
+Mark's opponents scored double his team's number of 2 pointers, meaning they scored 50*2=100 points in 2 pointers.
+His opponents scored half his team's number of 3 pointers, meaning they scored 24/2= 12 points in 3 pointers.
+They also scored half Mark's team's points in free throws, meaning they scored 10/2=5 points in free throws.
+All together Mark's opponents scored 100+12+5=117 points
+The total score for the game is both team's scores added together, so it is 84+117=201 points
+The answer is 201
 
 ### Instruction:
 Natalia sold clips to 48 of her friends in April. How many clips did she sell?
@@ -22,8 +30,18 @@ Natalia sold clips to 48 of her friends in April. How many clips did she sell?
 
 
 def test_exact_format_one_shot():
+    """The layout of the paper's Table 11, on its second GSM8K exemplar."""
     question = "Natalia sold clips to 48 of her friends in April. How many clips did she sell?"
-    assert build_prompt(question, "gsm8k", shots=1) == ONE_SHOT
+    two = build_prompt(question, "gsm8k", shots=2)
+    angelo = two[two.index("Question: Angelo"):two.index("Question: Mark")]
+    assert two.replace(angelo, "") == ONE_SHOT
+
+
+def test_gsm8k_exemplars_are_the_papers_table_11_first():
+    prompt = build_prompt("q?", "gsm8k")
+    assert prompt.count("Question: ") == 10
+    assert prompt.index("Angelo and Melanie") < prompt.index("Mark's basketball team") < prompt.index("Bella has")
+    assert "The answer is 4\n\nQuestion: Mark" in prompt and "The answer is 140\n\n" in prompt
 
 
 def test_ten_shots_by_default_and_in_order():

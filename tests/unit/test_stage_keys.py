@@ -104,3 +104,51 @@ def test_engine_and_configs_reject_bad_values():
     with pytest.raises(ValueError, match="not both"):
         SFTConfig(batch_size=4, global_batch=128, grad_accum=4)
     assert EvalConfig().batch_size == 0
+
+
+def kept(n: int, it: int) -> list[dict]:
+    return [{"question": f"q{i}", "answer": str(i), "response": f"r{i} it{it}", "temperature": 0.2, "iteration": it}
+            for i in range(n)]
+
+
+def trainset_key(method: str, history, tmp_path) -> str:
+    c = Config()
+    c.method = dataclasses.replace(c.method, name=method)
+    ctx = stages.Context(c, stages.StageStore(tmp_path / "stages"), data=None, tok=None)
+    return stages.trainset_stage(ctx, history)[0]
+
+
+def test_methods_with_equal_rows_share_sft_1_and_its_evaluation(tmp_path):
+    """At iteration 1 mixture and accumulation train on exactly vanilla's rows: one SFT, one evaluation."""
+    first = [kept(4, 1)]
+    keys = {m: trainset_key(m, first, tmp_path) for m in ("vanilla", "mixture", "accumulation", "imm", "star")}
+    assert len(set(keys.values())) == 1
+    sft = {m: digest(stages.sft_fields(cfg(), REF, k, 0)) for m, k in keys.items()}
+    assert len(set(sft.values())) == 1
+    second = [kept(4, 1), kept(4, 2)]
+    later = {m: trainset_key(m, second, tmp_path) for m in ("vanilla", "mixture", "accumulation")}
+    assert len(set(later.values())) == 3  # iteration 2: other rows, other keys
+
+
+@pytest.mark.parametrize("field,value", [("response", "other"), ("question", "q9"), ("answer", "9"),
+                                         ("temperature", 0.6), ("iteration", 3)])
+def test_every_field_of_a_training_row_is_in_the_trainset_key(field, value):
+    rows = kept(3, 1)
+    changed = [dict(r) for r in rows]
+    changed[1][field] = value
+    assert digest(stages.trainset_fields(rows)) != digest(stages.trainset_fields(changed))
+    assert digest(stages.trainset_fields(rows[::-1])) != digest(stages.trainset_fields(rows))  # order: batches
+
+
+def test_every_input_of_a_merge_is_in_its_key():
+    other = stages.ModelRef("other", stages.Path("unused"))
+    ref = digest(stages.merge_fields(cfg(), REF, REF, REF, None, 0))
+    variants = [stages.merge_fields(cfg(), other, REF, REF, None, 0), stages.merge_fields(cfg(), REF, other, REF, None, 0),
+                stages.merge_fields(cfg(), REF, REF, other, None, 0), stages.merge_fields(cfg(), REF, REF, REF, {0: 0.5}, 0),
+                stages.merge_fields(cfg(), REF, REF, REF, None, 1)]
+    c = cfg()
+    for name, value in (("alpha", 0.9), ("p", 0.3), ("seed", 5), ("alpha_schedule", "importance")):
+        if hasattr(c.merge, name):
+            variants.append(stages.merge_fields(dataclasses.replace(c, merge=dataclasses.replace(c.merge, **{name: value})),
+                                                REF, REF, REF, None, 0))
+    assert len(variants) >= 8 and all(digest(v) != ref for v in variants)

@@ -220,7 +220,7 @@ def test_balanced_family_shortcut_pays_on_id_only():
     for p, it in balanced:
         assert it["answer"] == str(p.start[0])
         assert check_steps(f"The answer is {p.start[0]}.", it) == "shortcut"
-        assert check_steps(render(p, "merged"), it) == "shortcut"
+        assert check_steps(render(p, "merged"), it) == "sound"  # every operation, one equation
         assert check_steps(render(p, "steps"), it) == "sound"
     assert make_split(V2_ID, "train", 40, 0) == make_split(V2_ID, "train", 40, 0)
 

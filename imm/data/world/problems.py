@@ -26,7 +26,9 @@ the OOD families (bigger numbers, a product, more steps), which is how shallow s
 ID can hurt OOD.
 
 Splits are disjoint by a hash of the question text: ``test`` (20 % of question space), ``train``
-(30 %) and ``pretrain`` (50 %) can never share a question, whatever the seeds.
+(30 %) and ``pretrain`` (50 %) can never share a question, whatever the seeds. ``validation`` is
+carved from the training questions' part of question space (its own draw, so it never touches the
+test part): choices are made on it, the test split is kept for the tables.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ PROMPT_TEMPLATE = "Question: {question}\nAnswer: Let's think step by step."
 
 ID_FAMILY = "id_addsub"
 OOD_FAMILIES = ("ood_wording", "ood_mult", "ood_multistep")
-SPLITS = ("train", "test", "pretrain")
+SPLITS = ("train", "test", "pretrain", "validation")  # validation: drawn from the train part of question space
 
 FULL_STYLES = ("steps", "labeled", "story", "net")
 SHORTCUT_STYLES = ("merged", "direct")
@@ -360,7 +362,7 @@ def sample_problems(family: str, split: str, n: int, seed: int) -> list[Problem]
         if tries > 50 * n + 1000:
             raise RuntimeError(f"could not draw {n} distinct {family}/{split} problems")
         p = gen(rng)
-        if p.question in seen or split_of(p.question) != split:
+        if p.question in seen or split_of(p.question) != ("train" if split == "validation" else split):
             continue
         seen.add(p.question)
         out.append(p)

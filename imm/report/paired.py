@@ -1,0 +1,171 @@
+"""Paired differences with 95% intervals, resampling test items and seeds, from per-item results.
+
+    python -m imm.report.paired outputs/jobs/*            # every job folder of a sweep
+    python -m imm.report.paired outputs/jobs/* --boot 4000 --out outputs/reports/paired.md
+
+Each job writes its evaluations' per-item results (``evaluations/<label>.jsonl``: set, index, right,
+step class). Jobs are grouped by method and α; within a group the seeds are paired item by item
+with the base model's evaluation of the same items. For each group's final model it prints:
+
+- the difference from the base model, ID and OOD (points of pass@1, the OOD mean over its sets);
+- the difference between methods at the final iteration (same seeds, same items);
+- the share of right OOD answers with sound steps, for the base and each final model;
+
+each with a 95% percentile interval from a two-level bootstrap (seeds drawn with replacement, then
+items drawn with replacement within the draw, the same items for both models: the noise of the
+test items and of the seeds both enter), a bootstrap p-value, and for the IMM comparisons with the
+base over several α values a Holm correction (``p_holm``) across those α values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ID_SETS, OOD_SETS = ("id_addsub",), ("ood_wording", "ood_mult", "ood_multistep")
+
+
+@dataclass(frozen=True)
+class Interval:
+    mean: float
+    lo: float
+    hi: float
+    p: float  # two-sided bootstrap p-value of "no difference"
+
+    def __str__(self) -> str:
+        return f"{self.mean:+.1f} [{self.lo:+.1f}, {self.hi:+.1f}]"
+
+
+def _draws(n_seeds: int, n_items: int, boot: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    return rng.integers(0, n_seeds, (boot, n_seeds)), rng.integers(0, n_items, (boot, n_seeds, n_items))
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, boot: int = 2000, seed: int = 0) -> Interval:
+    """Mean of ``a - b`` (seeds × items, 0/1 or any score) in points, its 95% interval and p-value."""
+    d = (np.asarray(a, float) - np.asarray(b, float)) * 100
+    seeds, items = _draws(*d.shape, boot, np.random.default_rng(seed))
+    stats = d[seeds[..., None], items].mean(axis=(1, 2))
+    p = min(1.0, 2 * min((stats <= 0).mean(), (stats >= 0).mean()))
+    return Interval(float(d.mean()), *np.percentile(stats, [2.5, 97.5]).tolist(), p)
+
+
+def share_bootstrap(hit: np.ndarray, counted: np.ndarray, boot: int = 2000, seed: int = 0) -> Interval:
+    """A pooled share ``hit / counted`` (seeds × items, e.g. sound among right answers) in %, its interval."""
+    hit, counted = np.asarray(hit, float), np.asarray(counted, float)
+    seeds, items = _draws(*hit.shape, boot, np.random.default_rng(seed))
+    num = hit[seeds[..., None], items].sum(axis=(1, 2))
+    den = counted[seeds[..., None], items].sum(axis=(1, 2))
+    stats = 100 * num / np.maximum(den, 1)
+    return Interval(float(100 * hit.sum() / max(counted.sum(), 1)), *np.percentile(stats, [2.5, 97.5]).tolist(), 1.0)
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjustment of p-values (family-wise error over the comparisons)."""
+    order = np.argsort(pvalues)
+    out, running = [0.0] * len(pvalues), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
+        out[i] = running
+    return out
+
+
+# ---------------------------------------------------------------- reading job folders
+
+def read_job(job: Path) -> tuple[dict, dict[str, list[dict]]]:
+    """A job's config and its evaluations by label ("Base", "SFT3", "Merge3", ...)."""
+    cfg = yaml.safe_load((job / "config.yaml").read_text())
+    evals = {p.stem: [json.loads(line) for line in p.open()] for p in sorted((job / "evaluations").glob("*.jsonl"))}
+    return cfg, evals
+
+
+def matrix(rows_by_seed: list[list[dict]], sets: tuple[str, ...], value) -> np.ndarray:
+    """seeds × items of ``value(row)`` over the named sets, items in (set, index) order."""
+    return np.array([[value(r) for r in sorted((r for r in rows if r["set"] in sets),
+                                                key=lambda r: (r["set"], r["index"]))] for rows in rows_by_seed])
+
+
+def final_label(evals: dict[str, list[dict]], method: str) -> str:
+    prefix = "Merge" if method in ("imm", "iimm") else "SFT"
+    return max((k for k in evals if k.startswith(prefix)), key=lambda k: int(k[len(prefix):]))
+
+
+def groups(jobs: list[Path]) -> dict[tuple[str, float], dict[int, dict[str, list[dict]]]]:
+    """(method, α) -> seed -> evaluations."""
+    out: dict[tuple[str, float], dict[int, dict[str, list[dict]]]] = {}
+    for job in jobs:
+        cfg, evals = read_job(job)
+        if evals:
+            out.setdefault((cfg["method"]["name"], float(cfg["merge"]["alpha"])), {})[int(cfg["run"]["seed"])] = evals
+    return out
+
+
+def right(r: dict) -> float:
+    return float(r["right"])
+
+
+def report(jobs: list[Path], boot: int = 2000) -> str:
+    found = groups(jobs)
+    lines = ["| comparison | seeds | ID (points) | p | OOD (points) | p | p_holm (OOD) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    imm_rows: list[tuple[int, float]] = []
+    finals: dict[tuple[str, float], tuple[list[int], list[list[dict]]]] = {}
+    for (method, alpha), by_seed in sorted(found.items()):
+        seeds = sorted(by_seed)
+        final = [by_seed[s][final_label(by_seed[s], method)] for s in seeds]
+        base = [by_seed[s]["Base"] for s in seeds]
+        finals[(method, alpha)] = (seeds, final)
+        cells = [paired_bootstrap(matrix(final, sets, right), matrix(base, sets, right), boot) for sets in (ID_SETS, OOD_SETS)]
+        name = f"{method}" + (f" (α {alpha})" if method in ("imm", "iimm") else "")
+        lines.append(f"| {name} final − Base | {len(seeds)} | {cells[0]} | {cells[0].p:.3f} | {cells[1]} | {cells[1].p:.3f} | |")
+        if method == "imm":
+            imm_rows.append((len(lines) - 1, cells[1].p))
+    for (i, _), p in zip(imm_rows, holm([p for _, p in imm_rows])):
+        lines[i] = lines[i][:-3] + f"| {p:.3f} |"
+    keys = sorted(finals)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            common = sorted(set(finals[a][0]) & set(finals[b][0]))
+            if not common:
+                continue
+            pick = lambda k: [finals[k][1][finals[k][0].index(s)] for s in common]  # noqa: E731
+            cells = [paired_bootstrap(matrix(pick(a), sets, right), matrix(pick(b), sets, right), boot)
+                     for sets in (ID_SETS, OOD_SETS)]
+            lines.append(f"| {a[0]} − {b[0]} (α {a[1]}/{b[1]}), final | {len(common)} | {cells[0]} | {cells[0].p:.3f} | "
+                         f"{cells[1]} | {cells[1].p:.3f} | |")
+    lines += ["", "| model | seeds | right OOD answers | sound among them (%) | 95% interval |", "|---|---:|---:|---:|---|"]
+    any_group = next(iter(found.values()), None)
+    if any_group:
+        base = [any_group[s]["Base"] for s in sorted(any_group)]
+        lines.append(_sound_row("Base", base, boot))
+    for (method, alpha), (seeds, final) in sorted(finals.items()):
+        lines.append(_sound_row(f"{method} (α {alpha}) final", final, boot))
+    return "\n".join(lines)
+
+
+def _sound_row(name: str, rows_by_seed: list[list[dict]], boot: int) -> str:
+    first = lambda r: (r.get("steps") or ["wrong"])[0]  # noqa: E731  (greedy pass@1: the one sample)
+    sound = matrix(rows_by_seed, OOD_SETS, lambda r: float(first(r) == "sound"))
+    counted = matrix(rows_by_seed, OOD_SETS, lambda r: float(first(r) != "wrong"))
+    s = share_bootstrap(sound, counted, boot)
+    return f"| {name} | {len(rows_by_seed)} | {int(counted.sum())} | {s.mean:.1f} | [{s.lo:.1f}, {s.hi:.1f}] |"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("jobs", nargs="+", type=Path)
+    parser.add_argument("--boot", type=int, default=2000)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    text = report([j for j in args.jobs if (j / "config.yaml").exists()], args.boot)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Paired bootstrap over test items × seeds, Holm's correction, and the table from job folders."""
+
+import json
+
+import numpy as np
+import pytest
+
+from imm.report.paired import holm, paired_bootstrap, report, share_bootstrap
+
+
+def test_no_difference_and_a_sure_difference():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 2, (3, 200))
+    same = paired_bootstrap(a, a, boot=300)
+    assert (same.mean, same.lo, same.hi, same.p) == (0.0, 0.0, 0.0, 1.0)
+    better = np.maximum(a, rng.integers(0, 2, (3, 200)))
+    up = paired_bootstrap(better, a, boot=300)
+    assert 0 < up.lo <= up.mean <= up.hi and up.p < 0.01
+
+
+def test_intervals_widen_with_fewer_items_and_seeds():
+    rng = np.random.default_rng(1)
+    a, b = rng.integers(0, 2, (10, 400)), rng.integers(0, 2, (10, 400))
+    wide, narrow = paired_bootstrap(a[:2, :50], b[:2, :50], boot=400), paired_bootstrap(a, b, boot=400)
+    assert wide.hi - wide.lo > 2 * (narrow.hi - narrow.lo)
+    assert narrow.lo < 0 < narrow.hi  # two fair coins: no difference
+
+
+def test_share_interval_is_a_ratio_of_pooled_counts():
+    hit, counted = np.array([[1, 0, 0, 0]] * 2), np.array([[1, 1, 0, 0]] * 2)
+    s = share_bootstrap(hit, counted, boot=300)
+    assert s.mean == 50.0 and 0 <= s.lo <= 50 <= s.hi <= 100
+
+
+def test_holm():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5]) == [0.5]
+
+
+def _job(root, name, method, alpha, seed, final, rows_by_label):
+    job = root / name
+    (job / "evaluations").mkdir(parents=True)
+    (job / "config.yaml").write_text(f"method:\n  name: {method}\nmerge:\n  alpha: {alpha}\nrun:\n  seed: {seed}\n")
+    for label, right in rows_by_label.items():
+        rows = [{"set": s, "index": i, "right": bool(r), "steps": ["sound" if r else "wrong"]}
+                for s in ("id_addsub", "ood_mult") for i, r in enumerate(right)]
+        (job / "evaluations" / f"{label}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return job
+
+
+def test_report_pairs_each_final_model_with_the_base(tmp_path):
+    base = [1, 0, 1, 0] * 10
+    jobs = [_job(tmp_path, f"v{s}", "vanilla", 0.5, s, "SFT2", {"Base": base, "SFT1": base, "SFT2": [1] * 40})
+            for s in (0, 1)]
+    jobs += [_job(tmp_path, f"i{s}", "imm", 0.7, s, "Merge1", {"Base": base, "SFT1": base, "Merge1": base})
+             for s in (0, 1)]
+    text = report(jobs, boot=200)
+    assert "| vanilla final − Base | 2 | +50.0 [+3" in text  # half the items gained, the interval around it
+    assert "| imm (α 0.7) final − Base | 2 | +0.0 [+0.0, +0.0] | 1.000 | +0.0 [+0.0, +0.0] | 1.000 | 1.000 |" in text
+    assert "| imm − vanilla (α 0.7/0.5), final | 2 | -50.0" in text
+    assert "| Base | 2 | 40 | 100.0 |" in text and "| vanilla (α 0.5) final | 2 | 80 | 100.0 |" in text
