@@ -67,6 +67,16 @@ class Config:
         self.engine = self.engine.given(self.generate.engine_overrides())
         for name in ENGINE_KEYS:
             setattr(self.generate, name, None)
+        self._check_schedule()
+
+    def _check_schedule(self) -> None:
+        """merge.schedule other than round: a merging method, and for steps the torch trainer."""
+        schedule = self.merge.schedule
+        if schedule != "round" and not self.method.merges:
+            raise ValueError(f"merge.schedule={schedule} needs a merging method (method=imm), not {self.method.name}")
+        if schedule == "steps" and (self.sft.backend != "torch" or self.method.importance_scaled):
+            raise ValueError("merge.schedule=steps pulls inside the torch SFT loop: it needs sft.backend=torch "
+                             "and a method without importance scales (imm)")
 
 
 def register() -> None:

@@ -7,6 +7,9 @@
         θ_m   = α·θ + (1−α)·(θ_prev + DARE(θ_sft − θ_prev)) # imm / iimm only (iimm: per-layer scales)
         evaluate θ_sft (and θ_m) on the ID and OOD test sets, and per item against the base model
 
+merge.schedule moves the merge (imm/merge/schedule.py): ``round`` as above; ``final`` after the
+last round only (the rounds before run as vanilla); ``steps`` inside SFT, every merge.every steps.
+
 On the testbed the kept samples and the right test answers are also read step by step (sound,
 shortcut, flawed: imm/reasoning.py), and every evaluation logs which items were forgotten or newly
 solved since the base model. ``lineage.jsonl`` in the job folder names each stage's input model.
@@ -27,6 +30,7 @@ from imm import stages as steps
 from imm.config import Config
 from imm.data import load_data
 from imm.merge.rules import get as get_rule, importance_scales
+from imm.merge.schedule import merges_after
 from imm.models import load_tokenizer
 from imm.reasoning import transitions
 from imm.store import StageStore, write_jsonl
@@ -58,8 +62,10 @@ def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
     with stage("evaluate", 0):
         stage.record("Base", "base", 0, *steps.evaluate_stage(ctx, base))
     model, kept_keys, history = base, [], []
+    prev = base  # θ_prev: the last merged model (the base before any merge)
+    schedule = cfg.merge.schedule if cfg.method.merges else "none"
     for t in range(cfg.run.iterations):
-        step, prev = t + 1, model  # prev: θ_prev, the model this iteration starts from
+        step = t + 1
         start = base if cfg.method.restarts else model  # the model SFT fine-tunes (star: the base, afresh)
         with stage("generate", step):
             kept_key, kept, y = steps.synthesize_stage(ctx, teacher or model, t)  # distillation: the teacher samples
@@ -77,7 +83,7 @@ def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
             tracker.metrics({"sft/skipped": 1.0}, step)
             previous = result.rows[-1][1]
             stage.record(f"SFT {step} (=)", "sft", step, previous, stage.last_items)
-            if cfg.method.merges:
+            if cfg.method.merges and merges_after(cfg.merge, t, cfg.run.iterations):
                 stage.record(f"Merge {step} (=)", "merged", step, previous, stage.last_items)
             continue
 
@@ -90,7 +96,7 @@ def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
             scales = importance_scales(importance) if needs_importance else None
             tracker.metrics({f"importance/layer{n}": v for n, v in importance.items()}, step)
         with stage("sft", step):
-            tuned, stats = steps.sft_stage(ctx, start, data_key, rows, t)
+            tuned, stats = steps.sft_stage(ctx, start, data_key, rows, t, base if schedule == "steps" else None)
         result.lineage.append({"stage": "sft", "step": step, "model": start.key, "out": tuned.key})
         tracker.metrics(_flat(stats, "sft/") | {"sft/rows": len(rows)}, step)
         with stage("evaluate", step):
@@ -101,7 +107,7 @@ def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
             tracker.metrics({f"weight_change/layer{n}": v for n, v in moved.items()}, step)
         model = tuned  # vanilla & co. (star too) sample next from the SFT model; imm / iimm from the merged one
 
-        if cfg.method.merges:
+        if cfg.method.merges and merges_after(cfg.merge, t, cfg.run.iterations):
             with stage("merge", step):
                 merged, ms = steps.merge_stage(ctx, base, prev, tuned, scales, t)
             result.lineage.append({"stage": "merge", "step": step, "model": prev.key, "sft": tuned.key,
@@ -110,7 +116,7 @@ def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
             with stage("evaluate", step):
                 stage.record(f"Merge {step}", "merged", step, *steps.evaluate_stage(ctx, merged))
             _link(out / f"merge{step}", merged.path)
-            model = merged
+            model = prev = merged
     tracker.metrics({"stages/executed": len(store.executed), "stages/reused": len(store.reused)}, cfg.run.iterations)
     write_jsonl(out / "lineage.jsonl", [{"stage": "base", "step": 0, "out": base.key}] + result.lineage)
     tracker.artifact(out / "lineage.jsonl")

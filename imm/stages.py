@@ -23,6 +23,7 @@ from imm.evaluate import evaluate
 from imm.grading.filtering import keep_correct
 from imm.analysis.importance import layer_importance
 from imm.merge.engine import merge_checkpoints
+from imm.merge.schedule import StepPull
 from imm.models import ModelConfig, device_kind, load_model
 from imm.reasoning import kept_shares, kept_step_classes
 from imm.sampling import ENGINE_KEYS
@@ -141,11 +142,23 @@ def importance_fields(cfg: Config, model: ModelRef, data: str) -> dict:
     return {"model": model.key, "data": data, **numerics(cfg.model)}
 
 
-def sft_fields(cfg: Config, model: ModelRef, data: str, t: int) -> dict:
+def sft_fields(cfg: Config, model: ModelRef, data: str, t: int, pull_to: ModelRef | None = None) -> dict:
     """The SFT settings, the storage dtype (bf16/fp16: mixed precision), the device kind and the global
-    batch it comes to (on trl, the number of GPUs sets it unless sft.global_batch fixes it)."""
+    batch it comes to (on trl, the number of GPUs sets it unless sft.global_batch fixes it); with
+    ``pull_to`` (merge.schedule=steps) the model pulled toward and the pull's rule (only then:
+    every other SFT keeps its key)."""
+    pull = {"pull": {"to": pull_to.key, "merge": cfg.merge.key_fields(), "every": cfg.merge.every,
+                     "beta": cfg.merge.beta}} if pull_to else {}
     return {"model": model.key, "data": data, "sft": asdict(cfg.sft), "iteration": t, **numerics(cfg.model),
-            "global_batch": sft.global_batch(cfg.sft, cfg.model.device)}
+            "global_batch": sft.global_batch(cfg.sft, cfg.model.device)} | pull
+
+
+def merge_fields(cfg: Config, base: ModelRef, prev: ModelRef, tuned: ModelRef, scales: dict[int, float] | None,
+                 t: int) -> dict:
+    """Merged on the CPU, tensor by tensor from the files: no device or engine setting enters, and of
+    merge.* only what changes the merged weights (``MergeConfig.key_fields``)."""
+    return {"base": base.key, "prev": prev.key, "sft": tuned.key, "merge": cfg.merge.key_fields(), "iteration": t,
+            "scales": scales}
 
 
 def evaluate_stage(ctx: Context, model: ModelRef) -> tuple[dict[str, float], list[dict]]:
@@ -241,12 +254,17 @@ def importance_stage(ctx: Context, model: ModelRef, data: str, rows: list[dict])
     return {int(k): v for k, v in read_json(path / "importance.json").items()}
 
 
-def sft_stage(ctx: Context, model: ModelRef, data: str, rows: list[dict], t: int) -> tuple[ModelRef, dict]:
-    key = ctx.store.key("sft", **sft_fields(ctx.cfg, model, data, t))
+def sft_stage(ctx: Context, model: ModelRef, data: str, rows: list[dict], t: int,
+              pull_to: ModelRef | None = None) -> tuple[ModelRef, dict]:
+    """SFT of ``model`` on ``rows``; with ``pull_to``, pulled toward it every merge.every steps
+    (merge.schedule=steps: imm.merge.schedule)."""
+    key = ctx.store.key("sft", **sft_fields(ctx.cfg, model, data, t, pull_to))
 
     def compute(tmp: Path):
+        pull = StepPull(ctx.cfg.merge, local_dir(pull_to.path), t) if pull_to else None
         net, stats = sft.fine_tune(lambda: ctx.take(model), local_dir(model.path), ctx.tok, rows, ctx.prompt,
-                                   ctx.cfg.sft, t, tmp, ctx.cfg.model.dtype, ctx.cfg.model.device)
+                                   ctx.cfg.sft, t, tmp, ctx.cfg.model.dtype, ctx.cfg.model.device, on_step=pull)
+        stats |= pull.stats() if pull else {}
         log.info("sft on %s (global batch %d)", stats["device"], stats["global_batch"])
         write_json(tmp / "stats.json", stats)
         return net
@@ -261,9 +279,7 @@ def sft_stage(ctx: Context, model: ModelRef, data: str, rows: list[dict], t: int
 def merge_stage(ctx: Context, base: ModelRef, prev: ModelRef, tuned: ModelRef, scales: dict[int, float] | None,
                 t: int) -> tuple[ModelRef, dict]:
     """θ_m = α·θ + (1−α)·(θ_prev + [scale·]DARE(θ_sft − θ_prev)), streamed over the safetensors files."""
-    # merged on the CPU, tensor by tensor from the files: no device or engine setting enters
-    key = ctx.store.key("merge", base=base.key, prev=prev.key, sft=tuned.key, merge=asdict(ctx.cfg.merge),
-                        iteration=t, scales=scales)
+    key = ctx.store.key("merge", **merge_fields(ctx.cfg, base, prev, tuned, scales, t))
 
     def compute(tmp: Path) -> None:
         log.info("merge on cpu (streamed tensor by tensor)")
