@@ -37,10 +37,14 @@ class RunConfig:
     # For rehearsals only: when a question keeps no sample, train on its gold solution (a random-weight
     # model keeps nothing, and SFT and merging must still run). Never set it for a real experiment.
     rehearsal_gold: bool = False
+    kl_prompts: int = 32  # held-out prompts per test set for the KL to the base each round (imm.analysis.divergence); 0 = off
+
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
             raise ValueError(f"run.iterations={self.iterations} must be >= 1")
+        if self.kl_prompts < 0:
+            raise ValueError(f"run.kl_prompts={self.kl_prompts} must be >= 0")
 
 
 @dataclass

@@ -20,6 +20,7 @@ once, and a job that is killed and started again continues at its first unfinish
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from contextlib import contextmanager
@@ -35,6 +36,7 @@ from imm.models import load_tokenizer
 from imm.reasoning import transitions
 from imm.store import StageStore, write_jsonl
 from imm.tracking import Tracker
+from imm.analysis.forgetting import chance_corrected, chance_level, verified_pass1
 from imm.analysis.weight_change import weight_change
 
 log = logging.getLogger(__name__)
@@ -58,9 +60,11 @@ def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
     result = Result(sets=list(data.tests))
     base = steps.base_ref(cfg.model)
     teacher = steps.base_ref(cfg.teacher, teacher=True) if cfg.teacher else None
-    stage = _Stages(result, tracker, {"id": data.id_sets, "ood": data.ood_sets})
+    chance = {name: chance_level([str(item["answer"]) for item in items]) for name, items in data.tests.items()}
+    stage = _Stages(result, tracker, {"id": data.id_sets, "ood": data.ood_sets}, chance)
     with stage("evaluate", 0):
         stage.record("Base", "base", 0, *steps.evaluate_stage(ctx, base))
+    evaluate = functools.partial(_evaluate, ctx, base, stage)
     model, kept_keys, history = base, [], []
     prev = base  # θ_prev: the last merged model (the base before any merge)
     schedule = cfg.merge.schedule if cfg.method.merges else "none"
@@ -100,7 +104,7 @@ def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
         result.lineage.append({"stage": "sft", "step": step, "model": start.key, "out": tuned.key})
         tracker.metrics(_flat(stats, "sft/") | {"sft/rows": len(rows)}, step)
         with stage("evaluate", step):
-            stage.record(f"SFT {step}", "sft", step, *steps.evaluate_stage(ctx, tuned))
+            stage.record(f"SFT {step}", "sft", step, *evaluate(tuned))
         _link(out / f"sft{step}", tuned.path)
         if cfg.run.layer_analysis:  # Eq. 4: how far SFT moved each layer this iteration
             moved = weight_change(steps.local_dir(start.path), tuned.path)
@@ -114,7 +118,7 @@ def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
                                    "out": merged.key})
             tracker.metrics({f"merge/{k}": v for k, v in _flat(ms).items()}, step)  # totals and per tensor group
             with stage("evaluate", step):
-                stage.record(f"Merge {step}", "merged", step, *steps.evaluate_stage(ctx, merged))
+                stage.record(f"Merge {step}", "merged", step, *evaluate(merged))
             _link(out / f"merge{step}", merged.path)
             model = prev = merged
     tracker.metrics({"stages/executed": len(store.executed), "stages/reused": len(store.reused)}, cfg.run.iterations)
@@ -123,12 +127,21 @@ def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
     return result
 
 
+def _evaluate(ctx: steps.Context, base: steps.ModelRef, stage: "_Stages", model: steps.ModelRef):
+    """A tuned model's evaluation, with its KL to the base on held-out prompts (run.kl_prompts)."""
+    metrics, items = steps.evaluate_stage(ctx, model)
+    if ctx.cfg.run.kl_prompts:
+        metrics = metrics | steps.divergence_stage(ctx, base, model, stage.base_items)
+    return metrics, items
+
+
 class _Stages:
     """Times stages (``with stage(name, step)``) and records evaluation rows in the result and MLflow,
-    each with its per-item transitions from the base model (the first row recorded)."""
+    each with its Verified pass@1 and its per-item transitions from the base model (the first row
+    recorded), raw and chance-corrected (``chance``: each test set's chance level)."""
 
-    def __init__(self, result: Result, tracker: Tracker, groups: dict[str, list[str]]):
-        self.result, self.tracker, self.groups = result, tracker, groups
+    def __init__(self, result: Result, tracker: Tracker, groups: dict[str, list[str]], chance: dict[str, float]):
+        self.result, self.tracker, self.groups, self.chance = result, tracker, groups, chance
         self.base_items: list[dict] | None = None
         self.last_items: list[dict] = []
 
@@ -140,10 +153,12 @@ class _Stages:
         self.result.seconds[name] = self.result.seconds.get(name, 0.0) + took
 
     def record(self, label: str, kind: str, step: int, metrics: dict[str, float], items: list[dict]) -> None:
+        metrics = metrics | verified_pass1(items, self.groups)
         if self.base_items is None:
             self.base_items = items
         else:
-            metrics = metrics | transitions(self.base_items, items, self.groups)
+            metrics = (metrics | transitions(self.base_items, items, self.groups)
+                       | chance_corrected(self.base_items, items, self.chance, self.groups))
         self.last_items = items
         self.result.rows.append((label, metrics))
         self.tracker.metrics({f"eval/{kind}/{k}": v for k, v in metrics.items()}, step)

@@ -21,6 +21,8 @@ from imm.config import Config
 from imm.data import Data
 from imm.evaluate import evaluate
 from imm.grading.filtering import keep_correct
+from imm.analysis.divergence import held_out, response_kl
+from imm.analysis.diversity import answer_diversity, answer_key
 from imm.analysis.importance import layer_importance
 from imm.merge.engine import merge_checkpoints
 from imm.merge.schedule import StepPull
@@ -213,6 +215,7 @@ def synthesize_stage(ctx: Context, model: ModelRef, t: int) -> tuple[str, list[d
             log.info("synthesize on %s", device)
             samples = generate.synthesize(net, tok, prompts, ctx.cfg.generate, t, engine, stats=decoded)
         kept, y = keep_correct(ctx.data.train, samples, t)
+        spread = answer_diversity([[answer_key(s["text"]) for s in group] for group in samples])
         classes = kept_step_classes(kept, ctx.data.train)  # before the gold rows: they are not the model's
         for row, c in zip(kept, classes):
             if c is not None:
@@ -223,10 +226,34 @@ def synthesize_stage(ctx: Context, model: ModelRef, t: int) -> tuple[str, list[d
                                         "covered": y.covered, "yield": y.rate, "coverage": y.coverage,
                                         "no_answer": y.no_answer, "timeouts": y.timeouts, "device": device,
                                         "new_tokens": decoded.get("new_tokens")}
-                   | kept_shares(classes) | ({"gold_rows": len(extra)} if gold else {}))
+                   | kept_shares(classes) | spread | ({"gold_rows": len(extra)} if gold else {}))
 
     path, _ = ctx.store.get_or_compute("synthesize", key, compute, files=("kept.jsonl", "yield.json"))
     return key, read_jsonl(path / "kept.jsonl"), read_json(path / "yield.json")
+
+
+def divergence_stage(ctx: Context, base: ModelRef, model: ModelRef, base_items: list[dict]) -> dict[str, float]:
+    """``<group>/kl_forward`` KL(π_base‖π) and ``<group>/kl_reverse`` KL(π‖π_base) per response token
+    (imm.analysis.divergence) on the first run.kl_prompts items of each of the group's test sets,
+    answered as the base model answered them."""
+    n, cfg = ctx.cfg.run.kl_prompts, ctx.cfg
+    answers = ctx.store.key("evaluate", **evaluate_fields(cfg, base))  # the responses: the base's answers
+    key = ctx.store.key("divergence", base=base.key, model=model.key, answers=answers, n=n, **numerics(cfg.model))
+
+    def compute(tmp: Path) -> None:
+        base_net = load_model(cfg.model, str(local_dir(base.path)))
+        net = ctx.load(model)
+        log.info("divergence from the base on %s", net.device)
+        out = {}
+        for group, sets in (("id", ctx.data.id_sets), ("ood", ctx.data.ood_sets)):
+            prompts, responses = held_out(ctx.data.tests, base_items, sets, n, ctx.item_prompt)
+            if prompts:
+                kl = response_kl(base_net, net, ctx.tok, prompts, responses)
+                out |= {f"{group}/kl_forward": kl["forward"], f"{group}/kl_reverse": kl["reverse"]}
+        write_json(tmp / "kl.json", out)
+
+    path, _ = ctx.store.get_or_compute("divergence", key, compute, files=("kl.json",))
+    return read_json(path / "kl.json")
 
 
 def trainset_stage(ctx: Context, kept_keys: list[str], history: list[list[dict]]) -> tuple[str, list[dict]]:

@@ -41,6 +41,7 @@ class Recorder:
         y = {"kept": 1, "sampled": 1, "yield": 1.0, "covered": 1, "questions": 1}
         monkeypatch.setattr(stages, "synthesize_stage", lambda ctx, m, t: self.note("sample", m.key) or (f"k{t}", [{}], y))
         monkeypatch.setattr(stages, "trainset_stage", lambda ctx, keys, hist: ("data", [{}]))
+        monkeypatch.setattr(stages, "divergence_stage", lambda ctx, base, m, items: {"id/kl_forward": len(m.key)})
 
         def sft(ctx, start, data, rows, t, pull_to=None):
             self.note("sft", start.key, pull_to and pull_to.key)
@@ -76,6 +77,9 @@ def test_schedule_decides_when_the_loop_merges_and_from_what(monkeypatch, tmp_pa
     result = loop.run(job(schedule, iterations=2), Tracker(), tmp_path, store)
     assert rec.calls == calls
     assert [label for label, _ in result.rows][-1] == ("SFT 2" if schedule == "steps" else "Merge 2")
+    # every evaluated model after the base carries its KL to the base and its transitions
+    assert "id/kl_forward" not in result.rows[0][1]
+    assert all({"id/kl_forward", "id/forgotten", "id/forgotten_adj"} <= m.keys() for _, m in result.rows[1:])
 
 
 def test_merges_after_and_pull_weight():
