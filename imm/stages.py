@@ -137,7 +137,8 @@ def synthesize_fields(cfg: Config, model: ModelRef, t: int) -> dict:
     model_cfg = cfg.teacher if model.teacher else cfg.model
     return {"model": model.key, "generate": g, "iteration": t, "train": data_key(cfg, "train"),
             "engine": decoding(cfg, model_cfg, sampled=any(x > 0 for x in cfg.generate.temperatures)),
-            **({"rehearsal_gold": True} if cfg.run.rehearsal_gold else {})}  # only then: other keys unchanged
+            **({"rehearsal_gold": True} if cfg.run.rehearsal_gold else {}),  # only then: other keys unchanged
+            **({"keep": "exact"} if cfg.method.keep == "exact" else {})}
 
 
 def importance_fields(cfg: Config, model: ModelRef, data: str) -> dict:
@@ -151,7 +152,10 @@ def sft_fields(cfg: Config, model: ModelRef, data: str, t: int, pull_to: ModelRe
     every other SFT keeps its key)."""
     pull = {"pull": {"to": pull_to.key, "merge": cfg.merge.key_fields(), "every": cfg.merge.every,
                      "beta": cfg.merge.beta}} if pull_to else {}
-    return {"model": model.key, "data": data, "sft": asdict(cfg.sft), "iteration": t, **numerics(cfg.model),
+    settings = asdict(cfg.sft)
+    if settings["scheduler"] == "linear":  # the decay every SFT had before there was a choice: keys unchanged
+        settings.pop("scheduler")
+    return {"model": model.key, "data": data, "sft": settings, "iteration": t, **numerics(cfg.model),
             "global_batch": sft.global_batch(cfg.sft, cfg.model.device)} | pull
 
 
@@ -214,7 +218,7 @@ def synthesize_stage(ctx: Context, model: ModelRef, t: int) -> tuple[str, list[d
             device = str(net.device)
             log.info("synthesize on %s", device)
             samples = generate.synthesize(net, tok, prompts, ctx.cfg.generate, t, engine, stats=decoded)
-        kept, y = keep_correct(ctx.data.train, samples, t)
+        kept, y = keep_correct(ctx.data.train, samples, t, exact=ctx.cfg.method.keep == "exact")
         spread = answer_diversity([[answer_key(s["text"]) for s in group] for group in samples])
         classes = kept_step_classes(kept, ctx.data.train)  # before the gold rows: they are not the model's
         for row, c in zip(kept, classes):

@@ -21,7 +21,7 @@ def compose_cfg(*overrides):
     return cfg
 
 
-OPTIONAL_GROUPS = {"baseline"}  # not in the defaults list: added with +group=option
+OPTIONAL_GROUPS = {"baseline", "preset"}  # not in the defaults list: added with +group=option
 
 
 @pytest.mark.parametrize("group,option", [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))])
