@@ -38,10 +38,14 @@ class RunConfig:
     # For rehearsals only: when a question keeps no sample, train on its gold solution (a random-weight
     # model keeps nothing, and SFT and merging must still run). Never set it for a real experiment.
     rehearsal_gold: bool = False
+    kl_prompts: int = 32  # held-out prompts per test set for the KL to the base each round (imm.analysis.divergence); 0 = off
+
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
             raise ValueError(f"run.iterations={self.iterations} must be >= 1")
+        if self.kl_prompts < 0:
+            raise ValueError(f"run.kl_prompts={self.kl_prompts} must be >= 0")
 
 
 @dataclass
@@ -69,6 +73,16 @@ class Config:
         self.engine = self.engine.given(self.generate.engine_overrides())
         for name in ENGINE_KEYS:
             setattr(self.generate, name, None)
+        self._check_schedule()
+
+    def _check_schedule(self) -> None:
+        """merge.schedule other than round: a merging method, and for steps the torch trainer."""
+        schedule = self.merge.schedule
+        if schedule != "round" and not self.method.merges:
+            raise ValueError(f"merge.schedule={schedule} needs a merging method (method=imm), not {self.method.name}")
+        if schedule == "steps" and (self.sft.backend != "torch" or self.method.importance_scaled):
+            raise ValueError("merge.schedule=steps pulls inside the torch SFT loop: it needs sft.backend=torch "
+                             "and a method without importance scales (imm)")
 
 
 def register() -> None:

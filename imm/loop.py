@@ -7,6 +7,9 @@
         θ_m   = α·θ + (1−α)·(θ_prev + DARE(θ_sft − θ_prev)) # imm / iimm only (iimm: per-layer scales)
         evaluate θ_sft (and θ_m) on the ID and OOD test sets, and per item against the base model
 
+merge.schedule moves the merge (imm/merge/schedule.py): ``round`` as above; ``final`` after the
+last round only (the rounds before run as vanilla); ``steps`` inside SFT, every merge.every steps.
+
 On the testbed the kept samples and the right test answers are also read step by step (sound,
 shortcut, flawed: imm/reasoning.py), and every evaluation logs which items were forgotten or newly
 solved since the base model. ``lineage.jsonl`` in the job folder names each stage's input model.
@@ -17,6 +20,7 @@ once, and a job that is killed and started again continues at its first unfinish
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from contextlib import contextmanager
@@ -27,10 +31,12 @@ from imm import stages as steps
 from imm.config import Config
 from imm.data import load_data
 from imm.merge.rules import get as get_rule, importance_scales
+from imm.merge.schedule import merges_after
 from imm.models import load_tokenizer
 from imm.reasoning import transitions
 from imm.store import StageStore, write_jsonl
 from imm.tracking import Tracker
+from imm.analysis.forgetting import chance_corrected, chance_level, verified_pass1
 from imm.analysis.weight_change import weight_change
 
 log = logging.getLogger(__name__)
@@ -54,12 +60,16 @@ def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
     result = Result(sets=list(data.tests))
     base = steps.base_ref(cfg.model)
     teacher = steps.base_ref(cfg.teacher, teacher=True) if cfg.teacher else None
-    stage = _Stages(result, tracker, {"id": data.id_sets, "ood": data.ood_sets}, out / "evaluations")
+    chance = {name: chance_level([str(item["answer"]) for item in items]) for name, items in data.tests.items()}
+    stage = _Stages(result, tracker, {"id": data.id_sets, "ood": data.ood_sets}, chance, out / "evaluations")
     with stage("evaluate", 0):
         stage.record("Base", "base", 0, *steps.evaluate_stage(ctx, base))
+    evaluate = functools.partial(_evaluate, ctx, base, stage)
     model, history = base, []
+    prev = base  # θ_prev: the last merged model (the base before any merge)
+    schedule = cfg.merge.schedule if cfg.method.merges else "none"
     for t in range(cfg.run.iterations):
-        step, prev = t + 1, model  # prev: θ_prev, the model this iteration starts from
+        step = t + 1
         start = sft_start(cfg.method, base, model)
         with stage("generate", step):
             kept_key, kept, y = steps.synthesize_stage(ctx, teacher or model, t)  # distillation: the teacher samples
@@ -76,7 +86,7 @@ def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
             tracker.metrics({"sft/skipped": 1.0}, step)
             previous = result.rows[-1][1]
             stage.record(f"SFT {step} (=)", "sft", step, previous, stage.last_items)
-            if cfg.method.merges:
+            if cfg.method.merges and merges_after(cfg.merge, t, cfg.run.iterations):
                 stage.record(f"Merge {step} (=)", "merged", step, previous, stage.last_items)
             continue
 
@@ -89,27 +99,27 @@ def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
             scales = importance_scales(importance) if needs_importance else None
             tracker.metrics({f"importance/layer{n}": v for n, v in importance.items()}, step)
         with stage("sft", step):
-            tuned, stats = steps.sft_stage(ctx, start, data_key, rows, t)
+            tuned, stats = steps.sft_stage(ctx, start, data_key, rows, t, base if schedule == "steps" else None)
         result.lineage.append({"stage": "sft", "step": step, "model": start.key, "out": tuned.key})
         tracker.metrics(_flat(stats, "sft/") | {"sft/rows": len(rows)}, step)
         with stage("evaluate", step):
-            stage.record(f"SFT {step}", "sft", step, *steps.evaluate_stage(ctx, tuned))
+            stage.record(f"SFT {step}", "sft", step, *evaluate(tuned))
         _link(out / f"sft{step}", tuned.path)
         if cfg.run.layer_analysis:  # Eq. 4: how far SFT moved each layer this iteration
             moved = weight_change(steps.local_dir(start.path), tuned.path)
             tracker.metrics({f"weight_change/layer{n}": v for n, v in moved.items()}, step)
         model = tuned  # vanilla & co. (star too) sample next from the SFT model; imm / iimm from the merged one
 
-        if cfg.method.merges:
+        if cfg.method.merges and merges_after(cfg.merge, t, cfg.run.iterations):
             with stage("merge", step):
                 merged, ms = steps.merge_stage(ctx, base, prev, tuned, scales, t)
             result.lineage.append({"stage": "merge", "step": step, "model": prev.key, "sft": tuned.key,
                                    "out": merged.key})
             tracker.metrics({f"merge/{k}": v for k, v in _flat(ms).items()}, step)  # totals and per tensor group
             with stage("evaluate", step):
-                stage.record(f"Merge {step}", "merged", step, *steps.evaluate_stage(ctx, merged))
+                stage.record(f"Merge {step}", "merged", step, *evaluate(merged))
             _link(out / f"merge{step}", merged.path)
-            model = merged
+            model = prev = merged
     tracker.metrics({"stages/executed": len(store.executed), "stages/reused": len(store.reused)}, cfg.run.iterations)
     write_jsonl(out / "lineage.jsonl", [{"stage": "base", "step": 0, "out": base.key}] + result.lineage)
     tracker.artifact(out / "lineage.jsonl")
@@ -122,12 +132,30 @@ def sft_start(method, base: steps.ModelRef, model: steps.ModelRef) -> steps.Mode
     return base if method.restarts else model
 
 
+def _evaluate(ctx: steps.Context, base: steps.ModelRef, stage: "_Stages", model: steps.ModelRef):
+    """A tuned model's evaluation, with its KL to the base on held-out prompts (run.kl_prompts)."""
+    metrics, items = steps.evaluate_stage(ctx, model)
+    if ctx.cfg.run.kl_prompts:
+        metrics = metrics | steps.divergence_stage(ctx, base, model, stage.base_items)
+    return metrics, items
+
+
 class _Stages:
     """Times stages (``with stage(name, step)``) and records evaluation rows in the result and MLflow,
-    each with its per-item transitions from the base model (the first row recorded)."""
+    each with its Verified pass@1 and its per-item transitions from the base model (the first row
+    recorded), raw and chance-corrected (``chance``: each test set's chance level)."""
 
-    def __init__(self, result: Result, tracker: Tracker, groups: dict[str, list[str]], folder: Path):
-        self.result, self.tracker, self.groups, self.folder = result, tracker, groups, folder
+    chance = {name: chance_level([str(item["answer"]) for item in items]) for name, items in data.tests.items()}
+    stage = _Stages(result, tracker, {"id": data.id_sets, "ood": data.ood_sets}, chance, out / "evaluations")
+    with stage("evaluate", 0):
+        stage.record("Base", "base", 0, *steps.evaluate_stage(ctx, base))
+    evaluate = functools.partial(_evaluate, ctx, base, stage)
+    model, history = base, []
+    prev = base  # θ_prev: the last merged model (the base before any merge)
+    schedule = cfg.merge.schedule if cfg.method.merges else "none"
+    for t in range(cfg.run.iterations):
+        step = t + 1
+        start = sft_start(cfg.method, base, model)
         self.base_items: list[dict] | None = None
         self.last_items: list[dict] = []
 
@@ -139,10 +167,12 @@ class _Stages:
         self.result.seconds[name] = self.result.seconds.get(name, 0.0) + took
 
     def record(self, label: str, kind: str, step: int, metrics: dict[str, float], items: list[dict]) -> None:
+        metrics = metrics | verified_pass1(items, self.groups)
         if self.base_items is None:
             self.base_items = items
         else:
-            metrics = metrics | transitions(self.base_items, items, self.groups)
+            metrics = (metrics | transitions(self.base_items, items, self.groups)
+                       | chance_corrected(self.base_items, items, self.chance, self.groups))
         self.last_items = items
         self.folder.mkdir(parents=True, exist_ok=True)  # per-item results by model, for paired statistics
         write_jsonl(self.folder / f"{label.replace(' ', '')}.jsonl",

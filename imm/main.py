@@ -59,6 +59,7 @@ def tags(cfg, prov: dict) -> dict[str, str]:
             "sft_intervention": cfg.sft.intervention, "history_share": str(cfg.method.history_share),
             "restart": str(cfg.method.restarts).lower(),
             "model": cfg.model.name, "dataset": cfg.dataset.name, "seed": str(cfg.run.seed),
+            "merge": cfg.merge.name, "schedule": cfg.merge.schedule,
             "sweep_id": sweep_id() or "single", "git_sha": prov["git_sha"]} | source_tags(prov["git_sha"])
 
 

@@ -30,10 +30,13 @@ METHODS = {
 class MethodConfig:
     name: str = "imm"  # vanilla | star | mixture | accumulation | imm | iimm
     history_share: float = 0.5  # mixture only: share of earlier iterations' kept samples added, [0, 1]
+    keep: str = "equivalent"  # a sample is correct when its answer equals the gold: equivalent (by value) | exact (as strings)
 
     def __post_init__(self) -> None:
         if self.name not in METHODS:
             raise ValueError(f"method.name={self.name!r} is not one of {sorted(METHODS)}")
+        if self.keep not in ("equivalent", "exact"):
+            raise ValueError(f"method.keep={self.keep!r} is not one of ('equivalent', 'exact')")
         if not 0.0 <= self.history_share <= 1.0:
             raise ValueError(f"method.history_share={self.history_share} must lie in [0, 1]")
 

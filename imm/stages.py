@@ -23,8 +23,11 @@ from imm.data import Data
 from imm.data.prompts import EXEMPLARS
 from imm.evaluate import evaluate
 from imm.grading.filtering import keep_correct
+from imm.analysis.divergence import held_out, response_kl
+from imm.analysis.diversity import answer_diversity, answer_key
 from imm.analysis.importance import layer_importance
 from imm.merge.engine import merge_checkpoints
+from imm.merge.schedule import StepPull
 from imm.models import ModelConfig, device_kind, load_model
 from imm.mechanism import kept_forms
 from imm.reasoning import kept_shares, kept_step_classes
@@ -156,18 +159,34 @@ def synthesize_fields(cfg: Config, model: ModelRef, t: int) -> dict:
     model_cfg = cfg.teacher if model.teacher else cfg.model
     return {"model": model.key, "generate": g, "iteration": t, "train": data_key(cfg, "train"),
             "engine": decoding(cfg, model_cfg, sampled=any(x > 0 for x in cfg.generate.temperatures)),
-            **({"rehearsal_gold": True} if cfg.run.rehearsal_gold else {})}  # only then: other keys unchanged
+            **({"rehearsal_gold": True} if cfg.run.rehearsal_gold else {}),  # only then: other keys unchanged
+            **({"keep": "exact"} if cfg.method.keep == "exact" else {})}
 
 
 def importance_fields(cfg: Config, model: ModelRef, data: str) -> dict:
     return {"model": model.key, "data": data, **numerics(cfg.model)}
 
 
-def sft_fields(cfg: Config, model: ModelRef, data: str, t: int) -> dict:
+def sft_fields(cfg: Config, model: ModelRef, data: str, t: int, pull_to: ModelRef | None = None) -> dict:
     """The SFT settings, the storage dtype (bf16/fp16: mixed precision), the device kind and the global
-    batch it comes to (on trl, the number of GPUs sets it unless sft.global_batch fixes it)."""
-    return {"model": model.key, "data": data, "sft": asdict(cfg.sft), "iteration": t, **numerics(cfg.model),
-            "global_batch": sft.global_batch(cfg.sft, cfg.model.device)}
+    batch it comes to (on trl, the number of GPUs sets it unless sft.global_batch fixes it); with
+    ``pull_to`` (merge.schedule=steps) the model pulled toward and the pull's rule (only then:
+    every other SFT keeps its key)."""
+    pull = {"pull": {"to": pull_to.key, "merge": cfg.merge.key_fields(), "every": cfg.merge.every,
+                     "beta": cfg.merge.beta}} if pull_to else {}
+    settings = asdict(cfg.sft)
+    if settings["scheduler"] == "linear":  # the decay every SFT had before there was a choice: keys unchanged
+        settings.pop("scheduler")
+    return {"model": model.key, "data": data, "sft": settings, "iteration": t, **numerics(cfg.model),
+            "global_batch": sft.global_batch(cfg.sft, cfg.model.device)} | pull
+
+
+def merge_fields(cfg: Config, base: ModelRef, prev: ModelRef, tuned: ModelRef, scales: dict[int, float] | None,
+                 t: int) -> dict:
+    """Merged on the CPU, tensor by tensor from the files: no device or engine setting enters, and of
+    merge.* only what changes the merged weights (``MergeConfig.key_fields``)."""
+    return {"base": base.key, "prev": prev.key, "sft": tuned.key, "merge": cfg.merge.key_fields(), "iteration": t,
+            "scales": scales}
 
 
 def merge_fields(cfg: Config, base: ModelRef, prev: ModelRef, tuned: ModelRef, scales: dict[int, float] | None,
@@ -232,7 +251,8 @@ def synthesize_stage(ctx: Context, model: ModelRef, t: int) -> tuple[str, list[d
             device = str(net.device)
             log.info("synthesize on %s", device)
             samples = generate.synthesize(net, tok, prompts, ctx.cfg.generate, t, engine, stats=decoded)
-        kept, y = keep_correct(ctx.data.train, samples, t)
+        kept, y = keep_correct(ctx.data.train, samples, t, exact=ctx.cfg.method.keep == "exact")
+        spread = answer_diversity([[answer_key(s["text"]) for s in group] for group in samples])
         classes = kept_step_classes(kept, ctx.data.train)  # before the gold rows: they are not the model's
         for row, c in zip(kept, classes):
             if c is not None:
@@ -245,11 +265,35 @@ def synthesize_stage(ctx: Context, model: ModelRef, t: int) -> tuple[str, list[d
                                         "no_answer": y.no_answer, "timeouts": y.timeouts, "device": device,
                                         "new_tokens": decoded.get("new_tokens")}
                    | ending_shares(endings) | kept_text(kept)
-                   | kept_shares(classes) | kept_forms(kept, ctx.data.train)
+                   | kept_shares(classes) | kept_forms(kept, ctx.data.train) | spread
                    | ({"gold_rows": len(extra)} if gold else {}))
 
     path, _ = ctx.store.get_or_compute("synthesize", key, compute, files=("kept.jsonl", "yield.json"))
     return key, read_jsonl(path / "kept.jsonl"), read_json(path / "yield.json")
+
+
+def divergence_stage(ctx: Context, base: ModelRef, model: ModelRef, base_items: list[dict]) -> dict[str, float]:
+    """``<group>/kl_forward`` KL(π_base‖π) and ``<group>/kl_reverse`` KL(π‖π_base) per response token
+    (imm.analysis.divergence) on the first run.kl_prompts items of each of the group's test sets,
+    answered as the base model answered them."""
+    n, cfg = ctx.cfg.run.kl_prompts, ctx.cfg
+    answers = ctx.store.key("evaluate", **evaluate_fields(cfg, base))  # the responses: the base's answers
+    key = ctx.store.key("divergence", base=base.key, model=model.key, answers=answers, n=n, **numerics(cfg.model))
+
+    def compute(tmp: Path) -> None:
+        base_net = load_model(cfg.model, str(local_dir(base.path)))
+        net = ctx.load(model)
+        log.info("divergence from the base on %s", net.device)
+        out = {}
+        for group, sets in (("id", ctx.data.id_sets), ("ood", ctx.data.ood_sets)):
+            prompts, responses = held_out(ctx.data.tests, base_items, sets, n, ctx.item_prompt)
+            if prompts:
+                kl = response_kl(base_net, net, ctx.tok, prompts, responses)
+                out |= {f"{group}/kl_forward": kl["forward"], f"{group}/kl_reverse": kl["reverse"]}
+        write_json(tmp / "kl.json", out)
+
+    path, _ = ctx.store.get_or_compute("divergence", key, compute, files=("kl.json",))
+    return read_json(path / "kl.json")
 
 
 def kept_text(kept: list[dict]) -> dict[str, float]:
@@ -292,12 +336,17 @@ def importance_stage(ctx: Context, model: ModelRef, data: str, rows: list[dict])
     return {int(k): v for k, v in read_json(path / "importance.json").items()}
 
 
-def sft_stage(ctx: Context, model: ModelRef, data: str, rows: list[dict], t: int) -> tuple[ModelRef, dict]:
-    key = ctx.store.key("sft", **sft_fields(ctx.cfg, model, data, t))
+def sft_stage(ctx: Context, model: ModelRef, data: str, rows: list[dict], t: int,
+              pull_to: ModelRef | None = None) -> tuple[ModelRef, dict]:
+    """SFT of ``model`` on ``rows``; with ``pull_to``, pulled toward it every merge.every steps
+    (merge.schedule=steps: imm.merge.schedule)."""
+    key = ctx.store.key("sft", **sft_fields(ctx.cfg, model, data, t, pull_to))
 
     def compute(tmp: Path):
+        pull = StepPull(ctx.cfg.merge, local_dir(pull_to.path), t) if pull_to else None
         net, stats = sft.fine_tune(lambda: ctx.take(model), local_dir(model.path), ctx.tok, rows, ctx.prompt,
-                                   ctx.cfg.sft, t, tmp, ctx.cfg.model.dtype, ctx.cfg.model.device)
+                                   ctx.cfg.sft, t, tmp, ctx.cfg.model.dtype, ctx.cfg.model.device, on_step=pull)
+        stats |= pull.stats() if pull else {}
         log.info("sft on %s (global batch %d)", stats["device"], stats["global_batch"])
         write_json(tmp / "stats.json", stats)
         return net

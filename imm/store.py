@@ -29,7 +29,7 @@ from imm.lock import HeartbeatLock
 log = logging.getLogger(__name__)
 
 # Bump a stage's version when its code changes what it writes, so old outputs are not reused.
-VERSIONS = {"evaluate": 3, "synthesize": 2, "trainset": 2, "importance": 1, "sft": 1, "merge": 2}
+VERSIONS = {"evaluate": 3, "synthesize": 2, "trainset": 2, "importance": 1, "sft": 1, "merge": 2, "divergence": 1}
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from imm.grading.answers import final_answer
 from imm.grading.checks import grade_groups
 
 log = logging.getLogger(__name__)
@@ -28,11 +29,18 @@ class Yield:
         return self.covered / self.questions if self.questions else 0.0
 
 
-def keep_correct(items: list[dict], samples: list[list[dict]], iteration: int) -> tuple[list[dict], Yield]:
-    """The correct samples as training rows {question, answer, response, temperature, iteration}."""
+def keep_correct(items: list[dict], samples: list[list[dict]], iteration: int,
+                 exact: bool = False) -> tuple[list[dict], Yield]:
+    """The correct samples as training rows {question, answer, response, temperature, iteration}.
+
+    ``exact``: correct only when the stated final answer is the gold answer's string, character for
+    character (the paper's released code); otherwise equal by value (imm.grading.checks)."""
     kept: list[dict] = []
     covered = 0
     verdicts, report = grade_groups([[s["text"] for s in group] for group in samples], items)
+    if exact:
+        verdicts = [[final_answer(s["text"]) == str(item["answer"]).strip() for s in group]
+                    for item, group in zip(items, samples, strict=True)]
     for item, group, ok in zip(items, samples, verdicts, strict=True):
         good = [s for s, right in zip(group, ok) if right]
         covered += bool(good)

@@ -50,3 +50,12 @@ class DareMask:
         keep = out.copy_(torch.from_numpy(self.words(n)).ge_(threshold))
         # keep·(1/(1−p)) is 1/(1−p) or 0, so δ times it equals (δ·keep)·(1/(1−p)) to the bit
         return keep.mul_(1.0 / (1.0 - p))
+
+    def uniforms(self, n: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The next n draws as uniforms in (0, 1) (float32, into ``out`` if given): (u + ½)/2³², u the
+        32 bits as an unsigned integer (DELLA's ranked keep chances compare against these)."""
+        u = self.words(n).astype(np.int64) & 0xFFFFFFFF
+        values = torch.from_numpy((u + 0.5) / 2.0**32)
+        out = torch.empty(n) if out is None else out
+        # the top draws round up to 1.0 in float32: held below it, "draw < chance 1" always keeps
+        return out.copy_(values).clamp_(max=1.0 - 2.0**-24)

@@ -14,6 +14,13 @@ differs in its update rule U and in the traits the engine plans by (``MergeRule`
                        ``ties_merge`` is the general rule for several task vectors.
 - ``layer_adaptive``   U = DARE with a per-layer α: a linear ramp, a list, or derived from Eq. 3
                        importances (the dynamic, layer-adaptive merging the paper leaves to future work).
+- ``della``            U = DELLA's MAGPRUNE (arXiv 2406.11617): DARE with drop chances ranked by
+                       magnitude within each row (``imm.merge.magprune``).
+- ``lines``            U = identity, scaled per layer with depth as LiNeS (arXiv 2410.17146):
+                       λ_ℓ = λ_first + (λ − λ_first)·ℓ/(L−1); shallow layers keep the base's features.
+- ``expo``             U = identity, and α may be negative (with ``merge.extrapolate=true`` only):
+                       α = −γ gives θ_new + γ·(θ_new − θ_base), θ_new = θ_prev + λ·δ, ExPO's
+                       extrapolation past the tuned model (arXiv 2404.16792).
 
 A new method is one update function and one ``MERGE_RULES`` entry. DARE masks come from
 ``imm.merge.mask``; the streaming engine (``imm.merge.engine``) runs these rules block by block.
@@ -23,15 +30,19 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterable, Iterator, List
 
 import torch
 
+from imm.merge.magprune import della_update
 from imm.merge.mask import DareMask, tensor_seed
-from imm.merge.stats import LAYER_RE, TensorStats
+from imm.merge.stats import LAYER_RE, TensorStats, tensor_group
 
 ALPHA_SCHEDULES = ("ramp", "list", "importance")
+# when the loop merges: after every round (the paper's IMM), every ``every`` optimizer steps inside
+# SFT (Soup to go, arXiv 2501.05559), or once after the last round; imm.merge.schedule
+SCHEDULES = ("round", "steps", "final")
 EXCLUDE_SOURCES = ("sft", "base", "prev")
 # entries merged at once: 2^18 was fastest (2^16: 4x the per-op Python overhead; 2^20: float32
 # buffers of 4 MiB fall out of cache); memory per block is a few MiB
@@ -41,7 +52,7 @@ CHUNK_ELEMS = 1 << 18
 @dataclass
 class MergeConfig:
     name: str = "dare_linear"  # a key of MERGE_RULES
-    alpha: float = 0.5  # weight of the base model θ, in [0, 1]; paper: 0.5 (layer_adaptive: α at layer 0)
+    alpha: float = 0.5  # weight of the base model θ, in [0, 1]; paper: 0.5 (layer_adaptive: α at layer 0); expo: < 0 too
     p: float = 0.1  # drop share of the update, in [0, 1): DARE's random drop rate, TIES' trimmed share
     seed: int = 0  # DARE mask seed (combined with iteration and tensor name)
     lam: float = 1.0  # λ >= 0, weight of the update (task arithmetic's scaling); 1 = the whole update
@@ -50,12 +61,17 @@ class MergeConfig:
     alpha_by_layer: List[float] = field(default_factory=list)  # layer_adaptive list: α of each layer
     exclude: List[str] = field(default_factory=list)  # regexes (re.search) of tensor names not merged
     exclude_from: str = "sft"  # model an excluded tensor is copied from: sft | base | prev
+    epsilon: float = 0.1  # della: width of the window of keep chances around 1−p, 0 <= ε/2 <= min(p, 1−p)
+    lam_first: float = 0.0  # lines: λ at the first layer and the embeddings (λ = lam at the last), >= 0
+    extrapolate: bool = False  # expo: allow α < 0 (θ moves past the tuned model, away from θ_base)
+    schedule: str = "round"  # round | steps | final (SCHEDULES)
+    every: int = 8  # steps: optimizer steps between pulls toward θ_base, >= 1
+    beta: float = 0.0  # steps: weight of θ_base per pull, [0, 1); 0 = the β whose pulls weigh θ_base by α per round
 
     def __post_init__(self) -> None:
         if self.name not in MERGE_RULES:
             raise ValueError(f"merge.name={self.name!r} is not one of {sorted(MERGE_RULES)}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"merge.alpha={self.alpha} must lie in [0, 1]")
+        self._check_alpha()
         if not 0.0 <= self.p < 1.0:
             raise ValueError(f"merge.p={self.p} must lie in [0, 1)")
         if not (math.isfinite(self.lam) and self.lam >= 0.0):
@@ -75,11 +91,44 @@ class MergeConfig:
                 re.compile(pattern)
             except re.error as err:
                 raise ValueError(f"merge.exclude: {pattern!r} is not a valid regex ({err})") from None
+        if self.name == "della" and self.p > 0 and not 0.0 <= self.epsilon / 2 <= min(self.p, 1.0 - self.p):
+            raise ValueError(f"merge.epsilon={self.epsilon}: della needs 0 <= ε/2 <= min(p, 1−p) (p={self.p})")
+        if not (math.isfinite(self.lam_first) and self.lam_first >= 0.0):
+            raise ValueError(f"merge.lam_first={self.lam_first} must be a finite number >= 0")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"merge.schedule={self.schedule!r} is not one of {SCHEDULES}")
+        if self.every < 1:
+            raise ValueError(f"merge.every={self.every} must be >= 1")
+        if not 0.0 <= self.beta < 1.0:
+            raise ValueError(f"merge.beta={self.beta} must lie in [0, 1)")
+
+    def _check_alpha(self) -> None:
+        """α in [0, 1]; below 0 only for a rule that extrapolates and only when asked for by name."""
+        if not math.isfinite(self.alpha) or self.alpha > 1.0:
+            raise ValueError(f"merge.alpha={self.alpha} must lie in [0, 1]")
+        if self.alpha < 0.0 and not (self.extrapolate and MERGE_RULES[self.name].extrapolates):
+            raise ValueError(f"merge.alpha={self.alpha} must lie in [0, 1]; α < 0 extrapolates past the tuned "
+                             f"model: it needs merge.name=expo and merge.extrapolate=true")
+        if self.alpha < 0.0 and self.schedule == "steps":
+            raise ValueError("merge.alpha < 0 (extrapolation) needs merge.schedule=round or final")
+
+    def key_fields(self) -> dict:
+        """The settings that change a merge's output, for its stage key: the schedule decides when a
+        merge runs, not what it gives, and a rule's own setting counts for that rule only (so the
+        keys of every rule older than these settings stay as they were)."""
+        d = asdict(self)
+        for name in ("schedule", "every", "beta", "extrapolate"):
+            d.pop(name)
+        if self.name != "della":
+            d.pop("epsilon")
+        if self.name != "lines":
+            d.pop("lam_first")
+        return d
 
 
 # ---- update rules U(δ): what of δ = θ_sft − θ_prev survives --------------------------------------
 
-def dare_(delta: torch.Tensor, p: float, keep: torch.Tensor | None = None) -> torch.Tensor:
+def dare_(delta: torch.Tensor, p: float, keep: torch.Tensor | None = None, eps: float = 0.0) -> torch.Tensor:
     """DARE in place on ``delta``, given its multipliers ``keep`` (``DareMask.multipliers``)."""
     if p == 0.0:
         return delta
@@ -88,7 +137,7 @@ def dare_(delta: torch.Tensor, p: float, keep: torch.Tensor | None = None) -> to
     return delta.mul_(keep.view(delta.shape))  # no masked copies
 
 
-def keep_all(delta: torch.Tensor, p: float, keep: torch.Tensor | None = None) -> torch.Tensor:
+def keep_all(delta: torch.Tensor, p: float, keep: torch.Tensor | None = None, eps: float = 0.0) -> torch.Tensor:
     """Task arithmetic's update: δ itself (p is not used)."""
     return delta
 
@@ -114,14 +163,14 @@ def ties_merge(deltas: torch.Tensor, density: float) -> torch.Tensor:
     return total / agree.sum(dim=0).clamp(min=1)
 
 
-def ties_update(delta: torch.Tensor, p: float, keep: torch.Tensor | None = None) -> torch.Tensor:
+def ties_update(delta: torch.Tensor, p: float, keep: torch.Tensor | None = None, eps: float = 0.0) -> torch.Tensor:
     """TIES with δ as the single task vector relative to θ_prev; p is the trimmed share."""
     return ties_merge(delta.unsqueeze(0), 1.0 - p)
 
 
 # ---- the registry: one entry per merge method --------------------------------------------------
 
-# (δ, p, DARE multipliers or None) -> U(δ); a rule may overwrite δ
+# (δ, p, the rule's random draws or None, DELLA's ε) -> U(δ); a rule may overwrite δ
 UpdateFn = Callable[..., torch.Tensor]
 
 
@@ -131,7 +180,10 @@ class MergeRule:
     update: UpdateFn
     elementwise: bool  # U acts entry by entry, so a tensor may be merged in row blocks
     draws_mask: bool = False  # U takes DARE multipliers (none are drawn at p = 0)
+    draws_uniform: bool = False  # U takes uniform draws in (0, 1), one per entry (none at p = 0)
     per_layer_alpha: bool = False  # α follows merge.alpha_schedule per layer instead of merge.alpha
+    depth_scaled: bool = False  # the update is scaled with depth, λ_first → λ (LiNeS)
+    extrapolates: bool = False  # α < 0 is allowed (with merge.extrapolate=true)
 
 
 MERGE_RULES: dict[str, MergeRule] = {
@@ -140,6 +192,10 @@ MERGE_RULES: dict[str, MergeRule] = {
     # TIES ranks magnitudes over the whole tensor, so it gets the tensor in one block
     "ties": MergeRule(ties_update, elementwise=False),
     "layer_adaptive": MergeRule(dare_, elementwise=True, draws_mask=True, per_layer_alpha=True),
+    # DELLA ranks magnitudes within each row; a 1-D tensor is one row, so whole tensors again
+    "della": MergeRule(della_update, elementwise=False, draws_uniform=True),
+    "lines": MergeRule(keep_all, elementwise=True, depth_scaled=True),
+    "expo": MergeRule(keep_all, elementwise=True, extrapolates=True),
 }
 
 
@@ -152,7 +208,8 @@ def get(name: str) -> MergeRule:
 
 def dare_mask(cfg: MergeConfig, name: str, iteration: int) -> DareMask | None:
     """The mask stream of one tensor, seeded per (seed, iteration, name); None where none is drawn."""
-    if not get(cfg.name).draws_mask or cfg.p == 0.0:
+    rule = get(cfg.name)
+    if not (rule.draws_mask or rule.draws_uniform) or cfg.p == 0.0:
         return None
     return DareMask(tensor_seed(cfg.seed, iteration, name))
 
@@ -196,10 +253,10 @@ def count_nonzero(x: torch.Tensor, scratch: torch.Tensor) -> int:
 
 def merge_tensor(method: str, base: torch.Tensor, prev: torch.Tensor, sft: torch.Tensor, *, alpha: float,
                  p: float, keep: torch.Tensor | None = None, scale: float = 1.0,
-                 work: Workspace | None = None) -> tuple[torch.Tensor, TensorStats]:
+                 work: Workspace | None = None, eps: float = 0.0) -> tuple[torch.Tensor, TensorStats]:
     """α·θ + (1−α)·(θ_prev + scale·U(θ_sft − θ_prev)) in float32, returned in θ_sft's dtype,
-    with its stats; ``keep``: the DARE multipliers of these entries; ``work`` lends reusable
-    buffers (the engine passes one for the whole merge)."""
+    with its stats; ``keep``: the rule's draws for these entries (DARE multipliers, DELLA uniforms);
+    ``work`` lends reusable buffers (the engine passes one for the whole merge); ``eps``: DELLA's ε."""
     work = work or Workspace()
     n = sft.numel()
     delta, prev32 = work.take("delta", n).view(sft.shape), work.take("prev", n).view(sft.shape)
@@ -210,7 +267,7 @@ def merge_tensor(method: str, base: torch.Tensor, prev: torch.Tensor, sft: torch
     delta.copy_(sft).sub_(prev32)
     flat = delta.view(-1)
     delta_sq, nonzero = float(torch.dot(flat, flat)), count_nonzero(delta, scratch)
-    update = get(method).update(delta, p, keep)
+    update = get(method).update(delta, p, keep, eps)
     kept = count_nonzero(update, scratch)
     if scale != 1.0:  # x·1 = x: skipping it changes no bit
         update.mul_(scale)
@@ -259,10 +316,23 @@ def layer_alpha(cfg: MergeConfig, layer: int, n_layers: int, importance_scale: f
     return cfg.alpha + (cfg.alpha_last - cfg.alpha) * frac
 
 
+def depth_lam(cfg: MergeConfig, name: str, n_layers: int) -> float:
+    """LiNeS' λ of one tensor: λ_first at layer 0 and the embeddings, λ at the last layer and every
+    other tensor outside the layers (final norm, head), linear in between."""
+    layer = layer_index(name)
+    if layer is None:
+        return cfg.lam_first if tensor_group(name) == "embeddings" else cfg.lam
+    frac = layer / (n_layers - 1) if n_layers > 1 else 1.0
+    return cfg.lam_first + (cfg.lam - cfg.lam_first) * frac
+
+
 def tensor_alpha_scale(cfg: MergeConfig, name: str, n_layers: int,
                        layer_scales: dict[int, float] | None) -> tuple[float, float]:
-    """(α, update scale) of one tensor: λ times IIMM's layer scale, or the layer_adaptive α."""
+    """(α, update scale) of one tensor: λ (LiNeS: λ by depth) times IIMM's layer scale, or the
+    layer_adaptive α."""
     layer = layer_index(name)
+    if get(cfg.name).depth_scaled:
+        cfg = replace(cfg, lam=depth_lam(cfg, name, n_layers))
     scale = layer_scales.get(layer, 1.0) if layer_scales and layer is not None else None
     if get(cfg.name).per_layer_alpha and layer is not None:
         alpha = layer_alpha(cfg, layer, n_layers, scale)
@@ -312,7 +382,12 @@ def merge_blocks(cfg: MergeConfig, name: str, blocks: Iterable[tuple[torch.Tenso
     stream runs through all blocks, so the DARE mask is the one a single draw would give. ``work``:
     buffers to reuse (with ``reuse_output``, each block is overwritten by the next)."""
     mask = dare_mask(cfg, name, iteration)
+    uniform = get(cfg.name).draws_uniform
     work = work or Workspace()
     for base, prev, sft in blocks:
-        keep = mask.multipliers(sft.numel(), cfg.p, out=work.take("keep", sft.numel())) if mask else None
-        yield merge_tensor(cfg.name, base, prev, sft, alpha=alpha, p=cfg.p, keep=keep, scale=scale, work=work)
+        keep = None
+        if mask:
+            out = work.take("keep", sft.numel())
+            keep = mask.uniforms(sft.numel(), out=out) if uniform else mask.multipliers(sft.numel(), cfg.p, out=out)
+        yield merge_tensor(cfg.name, base, prev, sft, alpha=alpha, p=cfg.p, keep=keep, scale=scale, work=work,
+                           eps=cfg.epsilon)

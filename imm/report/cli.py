@@ -18,6 +18,8 @@ Writes to --out (default outputs/reports/<name>, name defaulting to the time):
   steps.png, steps.csv       testbed: sound / shortcut / flawed shares of kept samples and right answers per iteration
   transitions.png, transitions.csv   testbed and benchmarks: items forgotten / newly solved since the base model
   passk.png, passk.csv       Figs 8/13, where runs logged pass@k (eval.n > 1)
+  schedules.{md,csv}, kl_ood.{png,csv}   per merge schedule, rule and α: final ID/OOD, KL to the base,
+                             answer diversity, forgetting; OOD against KL over runs (imm/report/schedules.py)
   report.html                the tables and figures on one page (images inlined)
 Only FINISHED runs count (the others are reported as skipped); a rerun of a grid point replaces it.
 Unless --no-log, the folder is also logged as artifacts of a run named "report" in experiment "imm-reports".
@@ -34,11 +36,13 @@ from imm.report import html
 from imm.report import plots
 from imm.report import reasoning
 from imm.report import render
+from imm.report import schedules
 from imm.report import tables
 from imm.report.tables import RunRecord
 from imm.tracking import SWEEP_KIND
 
 REPORT_EXPERIMENT = "imm-reports"
+GEN_KEYS = ("gen/kept", "gen/distinct_answers", "gen/all_agree")  # the sampling figures the report reads
 
 
 # ---------------------------------------------------------------- MLflow I/O
@@ -75,7 +79,7 @@ def load_runs(uri: str, experiments: list[str] | None) -> tuple[list[RunRecord],
 def _record(client, run, experiment: str) -> RunRecord:
     metrics: dict[str, dict[int, float]] = {}
     for key in run.data.metrics:
-        if key.startswith("eval/") or key == "gen/kept" or (key.startswith("gen/") and key.endswith("_share")):
+        if key.startswith("eval/") or key in GEN_KEYS or (key.startswith("gen/") and key.endswith("_share")):
             hist = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: (m.timestamp, m.step))
             # a step logged twice (an unchanged model re-recorded): the later value wins
             metrics[tables.canonical_key(key)] = {m.step: m.value for m in hist}
@@ -193,6 +197,10 @@ def build(runs: list[RunRecord], out: Path, method: str, alpha: float, title: st
     files += paths
     if md:
         text.append(f"per iteration\n{md}")
+    paths, md = schedules.schedule_files(runs, out, title)
+    files += paths
+    if md:
+        text.append(f"merge schedules and rules\n{md}")
     ks = tables.passk_sets(curves)
     if ks:
         rows = tables.passk_points(curves, ks)

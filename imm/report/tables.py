@@ -23,7 +23,8 @@ SETTING_KEYS = ("model", "dataset", "p")  # tags that split runs into separate l
 PASSK_RE = re.compile(r"^pass(?:@|_at_|_at|_|-|:)?(\d+)$")
 PARAM_FALLBACK = {"method": "method.name", "alpha": "merge.alpha", "p": "merge.p", "seed": "run.seed",
                   "model": "model.name", "dataset": "dataset.name", "sft_intervention": "sft.intervention",
-                  "history_share": "method.history_share"}  # for runs logged without a tag
+                  "history_share": "method.history_share", "merge": "merge.name",
+                  "schedule": "merge.schedule"}  # for runs logged without a tag
 INTERVENTIONS = ("grad_decay", "grad_clip", "weight_mask")  # the SFT interventions (paper Table 5)
 # α of Eq. 6 weights the base model; the paper's Table 3 columns run the other way (its α = 0.1 column
 # is the model nearest the base): α_table = 1 − α
@@ -146,7 +147,8 @@ def grid_point(rec: RunRecord) -> tuple:
     # α does not change a non-merging run, so a method × α sweep holds copies of it: keep one per seed
     alpha = rec.tag("alpha") if rec.merges else ""
     share = rec.tag("history_share") if rec.method == "mixture" else ""  # only mixture reads it
-    return (rec.experiment, rec.line, alpha, share, *(rec.tag(k) for k in SETTING_KEYS), rec.tag("seed"))
+    rule = (rec.tag("merge"), rec.tag("schedule")) if rec.merges else ("", "")  # merge rule and schedule
+    return (rec.experiment, rec.line, alpha, share, *(rec.tag(k) for k in SETTING_KEYS), *rule, rec.tag("seed"))
 
 
 def setting_labeller(records: list[RunRecord]):
@@ -192,7 +194,8 @@ def metric_at(rec: RunRecord, key: str, step: int | None = None) -> float | None
 
 
 def final_kind(rec: RunRecord) -> str:
-    return "merged" if rec.merges else "sft"
+    """merged for a merging run that logged merged models (merge.schedule=steps merges inside SFT: sft)."""
+    return "merged" if rec.merges and any(k.startswith("eval/merged/") for k in rec.metrics) else "sft"
 
 
 def final_value(rec: RunRecord, set_name: str, kind: str | None = None, suffix: str = "") -> float | None:

@@ -22,11 +22,14 @@ __all__ = ["IGNORE", "SFTConfig", "batches", "collate", "encode", "fine_tune", "
 
 
 def train(model, tok, rows: list[dict], prompt_fn, cfg: SFTConfig, iteration: int,
-          amp: str | None = None) -> dict:
+          amp: str | None = None, on_step=None) -> dict:
     """Fine-tune ``model`` in place, in this process, with the configured trainer; returns its stats.
 
     ``amp``: bfloat16 | float16 computes under autocast in that dtype (the model's weights, the master
-    copy, are left in their own dtype: fp32 for mixed precision); None computes in the weights' dtype."""
+    copy, are left in their own dtype: fp32 for mixed precision); None computes in the weights' dtype.
+    ``on_step``: a hook after each optimizer step (torch trainer only; imm.merge.schedule)."""
+    if on_step is not None and cfg.backend != "torch":
+        raise ValueError("a hook after each optimizer step (merge.schedule=steps) needs sft.backend=torch")
     if cfg.backend == "trl":
         from imm.sft.trl_trainer import train_trl
 
@@ -36,18 +39,20 @@ def train(model, tok, rows: list[dict], prompt_fn, cfg: SFTConfig, iteration: in
 
     from imm.sft.torch_loop import train as train_torch
 
-    return train_torch(model, tok, rows, prompt_fn, cfg, iteration, amp=getattr(torch, amp) if amp else None)
+    return train_torch(model, tok, rows, prompt_fn, cfg, iteration, amp=getattr(torch, amp) if amp else None,
+                       on_step=on_step)
 
 
 def fine_tune(load: Callable[[], object], model_dir: Path, tok, rows: list[dict], prompt_fn, cfg: SFTConfig,
-              iteration: int, out: Path, dtype: str, device: str = "auto") -> tuple[object | None, dict]:
+              iteration: int, out: Path, dtype: str, device: str = "auto", on_step=None) -> tuple[object | None, dict]:
     """Train and write the model to ``out`` in ``dtype``; returns (the trained model if it is in this
     process, stats).
 
     ``load`` gives the model to train in place; it is not called when training runs in other
     processes (trl on several GPUs: rank 0 writes the model itself). A bf16/fp16 ``dtype`` trains
     in mixed precision: fp32 master weights, autocast compute, the checkpoint stored in ``dtype``.
-    ``device`` auto or cuda (no index) lets trl spread over every visible GPU; cuda:N keeps one."""
+    ``device`` auto or cuda (no index) lets trl spread over every visible GPU; cuda:N keeps one.
+    ``on_step``: see ``train``."""
     gpus = processes(cfg, device)
     if gpus > 1:
         from imm.sft.trl_trainer import launch
@@ -58,7 +63,8 @@ def fine_tune(load: Callable[[], object], model_dir: Path, tok, rows: list[dict]
         tok.save_pretrained(out / "model")
         return None, stats
     model = master_weights(load())
-    stats = train(model, tok, rows, prompt_fn, cfg, iteration, amp=None if dtype == "float32" else dtype)
+    stats = train(model, tok, rows, prompt_fn, cfg, iteration, amp=None if dtype == "float32" else dtype,
+                  on_step=on_step)
     model.to(DTYPES[dtype]).save_pretrained(out / "model")
     tok.save_pretrained(out / "model")
     return model, stats

@@ -7,6 +7,8 @@ from typing import Optional
 
 from imm.sft.interventions import PAPER_VALUES
 
+SCHEDULERS = ("linear", "cosine")  # transformers' get_{name}_schedule_with_warmup, lr_scheduler_type={name}
+
 
 @dataclass
 class SFTConfig:
@@ -23,6 +25,7 @@ class SFTConfig:
     intervention: str = "none"  # none | grad_decay | grad_clip | weight_mask (paper Table 5; imm/sft/interventions.py)
     intervention_value: float = 0.0  # γ, max norm or top-p of the intervention; 0 = the paper's (0.9, 2.0, 0.3)
     deepspeed: Optional[str] = None  # trl only: a DeepSpeed JSON (conf/deepspeed/zero3.json); None = no DeepSpeed
+    scheduler: str = "linear"  # learning-rate decay after warm-up: linear (the paper) | cosine (its released code)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1:
@@ -43,6 +46,8 @@ class SFTConfig:
             raise ValueError("sft.intervention needs sft.backend=torch")
         if self.intervention == "weight_mask" and not 0 <= self.intervention_value < 1:
             raise ValueError(f"sft.intervention_value={self.intervention_value} must lie in [0, 1) for weight_mask")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"sft.scheduler={self.scheduler!r} is not one of {SCHEDULERS}")
         if self.deepspeed and self.backend != "trl":
             raise ValueError("sft.deepspeed needs sft.backend=trl")
 

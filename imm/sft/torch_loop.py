@@ -17,7 +17,7 @@ import time
 
 import torch
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
+from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
 import imm.sft.interventions as interventions
 from imm.sft.config import SFTConfig
@@ -60,10 +60,12 @@ def collate(examples, idx, pad_id: int):
 
 
 def train(model, tok, rows: list[dict], prompt_fn, cfg: SFTConfig, iteration: int,
-          amp: torch.dtype | None = None) -> dict:
+          amp: torch.dtype | None = None, on_step=None) -> dict:
     """Fine-tune ``model`` in place on rows {question, response}; returns loss and throughput stats.
 
-    ``amp``: compute dtype under autocast (bf16 / fp16) while the model's own weights stay as they are."""
+    ``amp``: compute dtype under autocast (bf16 / fp16) while the model's own weights stay as they are.
+    ``on_step(model, step, total)``: called with step 0 before training and after every optimizer
+    step (the ``steps`` merge schedule pulls the weights there: imm.merge.schedule)."""
     examples = [encode(tok, prompt_fn(r["question"]), r["response"]) for r in rows]
     rng = random.Random(cfg.seed * 1_000_003 + iteration)
     torch.manual_seed(cfg.seed * 1_000_003 + iteration)
@@ -75,11 +77,14 @@ def train(model, tok, rows: list[dict], prompt_fn, cfg: SFTConfig, iteration: in
     # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
-    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
+    decay = get_cosine_schedule_with_warmup if cfg.scheduler == "cosine" else get_linear_schedule_with_warmup
+    sched = decay(opt, int(cfg.warmup_ratio * total), total)
     how, val = cfg.intervention, interventions.value(cfg.intervention, cfg.intervention_value)
     max_norm = interventions.clip_norm(how, val, cfg.max_grad_norm)
     before = {n: p.detach().clone() for n, p in model.named_parameters()} if how == "weight_mask" else None
     model.train()
+    if on_step:
+        on_step(model, 0, total)
     losses, lrs, tokens, padded, start = [], [], 0, 0, time.perf_counter()
     bar = tqdm(total=total, desc=f"sft it{iteration}", unit="step", leave=False, mininterval=2)
     for epoch in range(cfg.epochs):
@@ -105,6 +110,8 @@ def train(model, tok, rows: list[dict], prompt_fn, cfg: SFTConfig, iteration: in
                 scaler.update()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
+                if on_step:
+                    on_step(model, len(lrs), total)
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
     bar.close()

@@ -98,7 +98,7 @@ def trainer_args(cfg: SFTConfig, iteration: int, output_dir: str, deepspeed: str
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.accumulation(processes()),
         warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a share of the optimizer steps
-        lr_scheduler_type="linear",  # linear decay after warm-up, as imm.sft.torch_loop
+        lr_scheduler_type=cfg.scheduler,  # decay after warm-up, as imm.sft.torch_loop
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,  # 0 disables clipping in both backends
         seed=seed,

@@ -78,11 +78,12 @@ def test_user_command_multirun(tmp_path):
     # the two vanilla runs differ only in α, which vanilla ignores: same results
     van = [r for r in runs if r.data.tags["method"] == "vanilla"]
     assert van[0].data.metrics["eval/sft/id"] == van[1].data.metrics["eval/sft/id"]
-    # stages shared across the grid run once: 13 for the first imm job, 8 more for the other α
-    # (iteration 1's generation and SFT are shared), 4 for vanilla (its iteration-1 stages), 0 for
-    # the second vanilla job (α does not affect vanilla)
+    # stages shared across the grid run once: 17 for the first imm job (13, and the KL to the base of
+    # its 4 evaluated models), 11 more for the other α (iteration 1's generation, SFT and SFT 1's KL
+    # are shared), 5 for vanilla (4, and the KL of its SFT 2), 0 for the second vanilla job (α does
+    # not affect vanilla)
     executed = {(r.data.tags["method"], r.data.tags["alpha"]): r.data.metrics["stages/executed"] for r in runs}
-    assert sum(executed.values()) == 25
+    assert sum(executed.values()) == 33
     assert 0 in (executed[("vanilla", "0.1")], executed[("vanilla", "0.9")])
     # the printed summary table names every stage
     for stage in ("Base", "SFT 1", "Merge 1", "SFT 2", "Merge 2"):

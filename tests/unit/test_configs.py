@@ -23,7 +23,7 @@ def compose_cfg(*overrides):
 
 # the paper's OOD suite has two sets without a hub split: a run names their files
 PAPER_FILES = [f"dataset.files.{n}.test={ROOT / 'tests' / 'fixtures' / n / 'test.jsonl'}" for n in ("mawps", "sat_math")]
-OPTIONAL_GROUPS = {"baseline"}  # not in the defaults list: added with +group=option
+OPTIONAL_GROUPS = {"baseline", "preset"}  # not in the defaults list: added with +group=option
 
 
 @pytest.mark.parametrize("group,option", [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))])

@@ -103,10 +103,11 @@ def test_registry_get_fails_with_the_valid_names():
 
 @pytest.mark.parametrize("name", sorted(MERGE_RULES))
 def test_every_rule_alpha_zero_keeps_sft_alpha_one_gives_base(tmp_path, name):
-    """α=0, p=0, λ=1: θ_prev + U(θ_sft − θ_prev) with nothing dropped is θ_sft (bf16 → float32 and
-    back is exact); α=1: θ_base, whatever U drops."""
+    """α=0, p=0, λ=1 (at every depth): θ_prev + U(θ_sft − θ_prev) with nothing dropped is θ_sft
+    (bf16 → float32 and back is exact); α=1: θ_base, whatever U drops."""
     base, prev, sft = ({"model.layers.0.w": randn((40, 30), i).bfloat16()} for i in range(3))
-    out, _ = merge(tmp_path / "a0", base, prev, sft, MergeConfig(name=name, alpha=0.0, alpha_last=0.0, p=0.0))
+    out, _ = merge(tmp_path / "a0", base, prev, sft, MergeConfig(name=name, alpha=0.0, alpha_last=0.0, p=0.0,
+                                                                 lam_first=1.0))
     assert out["model.layers.0.w"].dtype == torch.bfloat16
     assert torch.equal(out["model.layers.0.w"], sft["model.layers.0.w"])
     out, _ = merge(tmp_path / "a1", base, prev, sft, MergeConfig(name=name, alpha=1.0, alpha_last=1.0, p=0.5))

@@ -1,0 +1,101 @@
+"""The per-round diagnostics: KL to the base from logits, answer diversity, chance-corrected
+forgetting and Verified pass@1, as exact values on small hand-made inputs."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from imm.analysis.divergence import held_out, response_kl, token_kl
+from imm.analysis.diversity import answer_diversity, answer_key
+from imm.analysis.forgetting import SOUND, chance_corrected, chance_level, corrected, verified_pass1
+from imm.data.world.steps import CLASSES
+
+
+def test_token_kl_both_directions_by_hand():
+    p, q = torch.log(torch.tensor([[0.5, 0.5]])), torch.log(torch.tensor([[0.9, 0.1]]))
+    fwd, rev = token_kl(p + 3.0, q)  # logits: a shift changes nothing
+    assert float(fwd) == pytest.approx(0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1))
+    assert float(rev) == pytest.approx(0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5))
+    assert float(token_kl(q, q)[0]) == 0.0
+
+
+class Tok:
+    """Characters as tokens (a–z → 0–25), 26 the EOS and 27 the padding."""
+    eos_token_id, pad_token_id = 26, 27
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(c) - 97 for c in text if c.isalpha()]}
+
+
+class Net:
+    """Logits that depend on the input token, tilted toward token ``tilt`` at positions ``where``."""
+    device = torch.device("cpu")
+
+    def __init__(self, tilt=None, where=()):
+        self.tilt, self.where = tilt, where
+
+    def __call__(self, input_ids, attention_mask):
+        logits = torch.nn.functional.one_hot(input_ids % 28, 28).double()
+        for t in self.where:
+            logits[:, t, self.tilt] += 2.0
+        return SimpleNamespace(logits=logits)
+
+
+def test_response_kl_counts_response_tokens_only():
+    tok, prompts, responses = Tok(), ["abc"], ["de"]  # ids a b c | d e EOS: positions 2, 3, 4 predict the response
+    same = response_kl(Net(), Net(), tok, prompts, responses)
+    assert same == {"forward": 0.0, "reverse": 0.0, "tokens": 3}
+    assert response_kl(Net(), Net(5, where=(0, 1, 5)), tok, prompts, responses)["forward"] == 0.0  # prompt and EOS
+    moved = response_kl(Net(), Net(5, where=(3,)), tok, prompts, responses)
+    one = token_kl(torch.nn.functional.one_hot(torch.tensor(3), 28).double(),
+                   torch.nn.functional.one_hot(torch.tensor(3), 28).double() + 2.0 * torch.nn.functional.one_hot(torch.tensor(5), 28))
+    assert moved["forward"] == pytest.approx(float(one[0]) / 3) and moved["reverse"] == pytest.approx(float(one[1]) / 3)
+
+
+def test_held_out_takes_the_first_items_and_the_base_answers():
+    tests = {"a": [{"q": "x"}, {"q": "y"}, {"q": "z"}], "b": [{"q": "w"}]}
+    records = [{"set": s, "index": i, "text": f"{s}{i}"} for s, n in (("a", 3), ("b", 1)) for i in range(n)]
+    prompts, responses = held_out(tests, records, ["a", "b"], 2, lambda item: item["q"])
+    assert (prompts, responses) == (["x", "y", "w"], ["a0", "a1", "b0"])
+
+
+def test_answer_diversity():
+    groups = [["3", "3", "3"], ["3", "4", None], [None, None, None], ["5", "5", None]]
+    assert answer_diversity(groups) == {"distinct_answers": (1 + 2 + 0 + 1) / 4, "all_agree": 1 / 4}
+    assert answer_key("so 2 + 2 = 4. The answer is 1,000.") == answer_key("The answer is 1000.0") == "1000"
+    assert answer_key("no answer here") is None
+
+
+def test_chance_level_and_correction_by_hand():
+    assert chance_level(["1", "1", "2", "3"]) == pytest.approx(0.25 + 0.0625 + 0.0625)
+    # g = 0.2: luck = WW·g/(1−g) = 0.4·0.25 = 0.1; (F − 0.1)/0.8, (B − 0.1)/0.8
+    assert corrected(0.3, 0.12, 0.4, 0.2) == pytest.approx((0.25, 0.025))
+    assert corrected(0.3, 0.05, 0.4, 0.2) == pytest.approx((0.25, 0.0))  # never below 0
+    assert corrected(0.3, 0.12, 0.4, 0.0) == (0.3, 0.12)  # no chance: the raw shares
+
+
+def records(rights, name="s"):
+    return [{"set": name, "index": i, "right": r} for i, r in enumerate(rights)]
+
+
+def test_chance_corrected_shares_from_records():
+    before = records([1, 1, 1, 0, 0, 0, 0, 0, 0, 0])
+    after = records([1, 0, 0, 1, 0, 0, 0, 0, 0, 0])  # F 0.2, B 0.1, WW 0.6
+    out = chance_corrected(before, after, {"s": 0.25}, {"id": ["s"], "ood": []})
+    luck = 0.6 * 0.25 / 0.75
+    assert out["s/forgotten_adj"] == pytest.approx((0.2 - luck) / 0.75)
+    assert out["s/newly_solved_adj"] == 0.0 and out["id/forgotten_adj"] == out["s/forgotten_adj"]
+    assert "ood/forgotten_adj" not in out
+
+
+def test_verified_pass1_needs_a_right_answer_with_sound_steps():
+    assert SOUND == CLASSES[0]  # the checker's name for right steps
+    rows = [{"set": "s", "index": 0, "right": True, "steps": ["sound", "wrong"]},
+            {"set": "s", "index": 1, "right": True, "steps": ["shortcut"]},
+            {"set": "s", "index": 2, "right": False, "steps": ["wrong"]},
+            {"set": "s", "index": 3, "right": True, "steps": ["sound"]},
+            {"set": "bench", "index": 0, "right": True}]  # no step classes: not counted
+    out = verified_pass1(rows, {"id": ["s"], "ood": ["bench"]})
+    assert out == {"s/verified": 0.5, "id/verified": 0.5}

@@ -1,0 +1,54 @@
+"""The merge-schedule report from hand-built run records: grouping by schedule, rule and α, the final
+model a steps run is read from, the KL–OOD correlation and its bootstrap interval, and grid points
+kept apart by rule and schedule."""
+
+import math
+
+import pytest
+
+from imm.report.schedules import bootstrap_ci, kl_ood_points, pearson, schedule_table
+from imm.report.tables import RunRecord, final_kind, select
+
+
+def run(i, schedule, rule, alpha, seed, ood, kl, merged=True):
+    kind = "merged" if merged else "sft"
+    metrics = {"eval/sft/ood": {3: 0.0}, "gen/all_agree": {1: 0.2, 3: 0.6},  # a merging run's SFT model beside
+               f"eval/{kind}/id": {3: 0.5}, f"eval/{kind}/ood": {3: ood}, f"eval/{kind}/id/kl_forward": {3: kl}}
+    tags = {"method": "imm", "alpha": str(alpha), "seed": str(seed), "merge": rule, "schedule": schedule}
+    return RunRecord(f"r{i}", tags=tags, metrics=metrics, start_time=i)
+
+
+def test_table_groups_by_schedule_rule_and_alpha_and_reads_the_final_model():
+    runs = [run(0, "round", "della", 0.5, 0, 0.30, 0.1), run(1, "round", "della", 0.5, 1, 0.40, 0.3),
+            run(2, "steps", "della", 0.5, 0, 0.20, 0.5, merged=False)]
+    header, body = schedule_table(runs)
+    assert header[:5] == ["schedule", "rule", "α", "n", "ID"]
+    rows = {tuple(r[:3]): r for r in body}
+    assert rows[("round", "della", "0.5")][3] == "2"
+    assert rows[("round", "della", "0.5")][header.index("OOD")] == "35.0 ± 7.1"
+    assert rows[("steps", "della", "0.5")][header.index("OOD")] == "20.0"  # its SFT model: no merged one
+    assert rows[("round", "della", "0.5")][header.index("all agree")] == "60.0 ± 0.0"  # the last round's samples
+    assert final_kind(runs[2]) == "sft" and final_kind(runs[0]) == "merged"
+
+
+def test_grid_points_differ_by_rule_and_schedule():
+    runs = [run(0, "round", "della", 0.5, 0, 0.3, 0.1), run(1, "round", "lines", 0.5, 0, 0.3, 0.1),
+            run(2, "final", "della", 0.5, 0, 0.3, 0.1), run(3, "final", "della", 0.5, 0, 0.4, 0.2)]
+    kept, _ = select(runs, {})
+    assert [r.run_id for r in kept] == ["r0", "r1", "r3"]  # r3 reruns r2's grid point
+
+
+def test_correlation_and_bootstrap_interval():
+    xs = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    assert pearson(xs, [1 - x for x in xs]) == pytest.approx(-1.0)
+    assert bootstrap_ci(xs, [2 * x for x in xs]) == pytest.approx((1.0, 1.0))
+    noisy = [0.3, 0.1, 0.4, 0.1, 0.5, 0.9]
+    lo, hi = bootstrap_ci(xs, noisy, n=500)
+    assert -1 <= lo < pearson(xs, noisy) < hi <= 1
+    assert math.isnan(pearson([0.1, 0.1, 0.1], [1, 2, 3]))
+
+
+def test_points_carry_kl_and_ood_per_run():
+    points = kl_ood_points([run(0, "round", "della", 0.5, 0, 0.3, 0.1), run(1, "final", "lines", 0.3, 1, 0.4, 0.2)])
+    assert [(p["schedule"], p["rule"], p["alpha"], p["kl_forward"], p["ood"]) for p in points] == [
+        ("round", "della", "0.5", 0.1, 0.3), ("final", "lines", "0.3", 0.2, 0.4)]
