@@ -145,17 +145,9 @@ class _Stages:
     each with its Verified pass@1 and its per-item transitions from the base model (the first row
     recorded), raw and chance-corrected (``chance``: each test set's chance level)."""
 
-    chance = {name: chance_level([str(item["answer"]) for item in items]) for name, items in data.tests.items()}
-    stage = _Stages(result, tracker, {"id": data.id_sets, "ood": data.ood_sets}, chance, out / "evaluations")
-    with stage("evaluate", 0):
-        stage.record("Base", "base", 0, *steps.evaluate_stage(ctx, base))
-    evaluate = functools.partial(_evaluate, ctx, base, stage)
-    model, history = base, []
-    prev = base  # θ_prev: the last merged model (the base before any merge)
-    schedule = cfg.merge.schedule if cfg.method.merges else "none"
-    for t in range(cfg.run.iterations):
-        step = t + 1
-        start = sft_start(cfg.method, base, model)
+    def __init__(self, result: Result, tracker: Tracker, groups: dict[str, list[str]], chance: dict[str, float],
+                 folder: Path):
+        self.result, self.tracker, self.groups, self.chance, self.folder = result, tracker, groups, chance, folder
         self.base_items: list[dict] | None = None
         self.last_items: list[dict] = []
 

@@ -189,13 +189,6 @@ def merge_fields(cfg: Config, base: ModelRef, prev: ModelRef, tuned: ModelRef, s
             "scales": scales}
 
 
-def merge_fields(cfg: Config, base: ModelRef, prev: ModelRef, tuned: ModelRef, scales: dict[int, float] | None,
-                 t: int) -> dict:
-    """Merged on the CPU, tensor by tensor from the files: no device or engine setting enters."""
-    return {"base": base.key, "prev": prev.key, "sft": tuned.key, "merge": asdict(cfg.merge), "iteration": t,
-            "scales": scales}
-
-
 def evaluate_stage(ctx: Context, model: ModelRef) -> tuple[dict[str, float], list[dict]]:
     """The model's metrics and its per-item results (which items it got right, their text and, on the
     testbed, step classes: imm/reasoning.py), kept in the stage folder as items.jsonl."""

@@ -40,7 +40,7 @@ class Recorder:
         monkeypatch.setattr(stages, "evaluate_stage", lambda ctx, m: ({"id": 0.5, "ood": 0.5}, items))
         y = {"kept": 1, "sampled": 1, "yield": 1.0, "covered": 1, "questions": 1}
         monkeypatch.setattr(stages, "synthesize_stage", lambda ctx, m, t: self.note("sample", m.key) or (f"k{t}", [{}], y))
-        monkeypatch.setattr(stages, "trainset_stage", lambda ctx, keys, hist: ("data", [{}]))
+        monkeypatch.setattr(stages, "trainset_stage", lambda ctx, hist: ("data", [{}]))
         monkeypatch.setattr(stages, "divergence_stage", lambda ctx, base, m, items: {"id/kl_forward": len(m.key)})
 
         def sft(ctx, start, data, rows, t, pull_to=None):
