@@ -21,7 +21,9 @@ from imm.grading.checks import numeric_equal
 
 ROOT = Path(__file__).resolve().parents[2]
 SETS = ("gsm8k", "svamp", "asdiv", "mawps")
-SIZES = ["dataset.n_train=8", "dataset.n_test=3", "dataset.shots=2", "generate.k=2", "generate.max_new_tokens=64",
+# run.seed=1 draws more right samples from these 16 questions than seeds 0 and 2 (8 of 64 on 32 questions
+# at the experiment's sizes, docs/real-llm.md): the test needs kept samples to check
+SIZES = ["dataset.n_train=16", "dataset.n_test=3", "dataset.shots=1", "generate.k=2", "run.seed=1", "generate.max_new_tokens=64",
          "eval.max_new_tokens=64", "sft.epochs=2", "sft.lr=1e-4", "sft.batch_size=4", "sft.global_batch=0",
          "run.iterations=1"]
 
