@@ -117,7 +117,7 @@ def logged(stdout: str) -> list[tuple[float, str]]:
 
 def decode_calls(events) -> list[dict]:
     """Each decoding call's log line (imm.sampling.complete)."""
-    pat = re.compile(r"^(.+): (\d+) rows, (\d+) new tokens in ([\d.]+) s .*, (\d+) rows a call$")
+    pat = re.compile(r"^(.+): (\d+) rows, (\d+) new tokens in ([\d.]+) s .*?, (\d+) rows a call(?:,|$)")
     return [{"t": t, "desc": m[1], "rows": int(m[2]), "new_tokens": int(m[3]), "seconds": float(m[4]),
              "rows_per_call": int(m[5])} for t, msg in events if (m := pat.match(msg))]
 
