@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import copy
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from imm.grading.checks import numeric_equal
 from imm.models import ModelConfig, load_model, load_tokenizer
 from imm.sampling import complete
 from imm.sampling.decode import eos_ids
+from bench.stages import trl_sft
 
 
 def world_data(out: str, n: int, shots: int):
@@ -92,22 +92,6 @@ def bench_sampling(model, tok, data, args) -> None:
           f"{plain_s / ours_s:.2f}x")
 
 
-def trl_sft(model, tok, rows, prompt_fn, epochs: int, batch: int, lr: float) -> float:
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
-    data = Dataset.from_list([{"prompt": prompt_fn(r["question"]), "completion": r["response"]} for r in rows])
-    with tempfile.TemporaryDirectory() as out:
-        cfg = SFTConfig(output_dir=out, num_train_epochs=epochs, per_device_train_batch_size=batch, learning_rate=lr,
-                        report_to="none", save_strategy="no", logging_strategy="no", use_cpu=True,
-                        dataloader_num_workers=0, disable_tqdm=True)
-        trainer = SFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok)
-        real = sum(int(b["attention_mask"].sum()) for b in trainer.get_train_dataloader())
-        start = time.perf_counter()
-        trainer.train()
-        return real * epochs / (time.perf_counter() - start)
-
-
 def bench_sft(model, tok, data, args) -> None:
     prompt_fn = lambda q: INSTRUCTION.format(question=q)  # noqa: E731 (the paper's SFT format)
     rows = [{"question": i["question"], "response": "\n" + i["answer_text"]} for i in data.train[:args.sft_rows]]
@@ -116,7 +100,7 @@ def bench_sft(model, tok, data, args) -> None:
     for _ in range(args.repeats):
         ours.append(sft.train(copy.deepcopy(model), tok, rows, prompt_fn, sft.SFTConfig(epochs=1, lr=2e-5, batch_size=8),
                               0)["tokens_per_s"])
-        trl.append(trl_sft(copy.deepcopy(model), tok, rows, prompt_fn, 1, 8, 2e-5))
+        trl.append(trl_sft(copy.deepcopy(model), tok, rows, 1, 8, 2e-5, prompt_fn, join="")[0])
     print(f"{'imm sft (length-grouped)':<44}{max(ours):>11.0f} tokens/s")
     print(f"{'TRL SFTTrainer (defaults)':<44}{max(trl):>11.0f} tokens/s")
     print(f"imm vs TRL: {max(ours) / max(trl):.2f}x")

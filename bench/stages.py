@@ -81,13 +81,14 @@ def bench_generation(model, tok, prompts, args) -> list[tuple[str, float, float]
     return rows
 
 
-def trl_sft(model, tok, rows, epochs: int, batch: int, lr: float) -> tuple[float, float]:
-    """TRL SFTTrainer, default settings but epochs/batch/lr; returns (non-pad tokens/s, padding share)."""
+def trl_sft(model, tok, rows, epochs: int, batch: int, lr: float, prompt_fn=problems.format_prompt,
+            join: str = " ") -> tuple[float, float]:
+    """TRL SFTTrainer, default settings but epochs/batch/lr; returns (non-pad tokens/s, padding share).
+    ``join``: what stands between prompt and response (the testbed's gold solutions follow a space)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    data = Dataset.from_list([{"prompt": problems.format_prompt(r["question"]), "completion": " " + r["response"]}
-                              for r in rows])
+    data = Dataset.from_list([{"prompt": prompt_fn(r["question"]), "completion": join + r["response"]} for r in rows])
     with tempfile.TemporaryDirectory() as out:
         args = SFTConfig(output_dir=out, num_train_epochs=epochs, per_device_train_batch_size=batch,
                          learning_rate=lr, report_to="none", save_strategy="no", logging_strategy="no",
