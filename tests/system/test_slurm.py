@@ -211,7 +211,10 @@ def test_checkpoint_requeue_resume(cluster, tmp_path, monkeypatch):
         lines = [line.split() for line in _lines(progress)]
         assert [int(step) for step, _ in lines] == list(range(20)), f"{cause}: steps lost or repeated"
         assert {attempt for _, attempt in lines} == {"0", "1"}, f"{cause}: not requeued exactly once"
-        assert "Requeued job" in Path(job.paths.stderr).read_text() + Path(job.paths.stdout).read_text()
+        # SLURM's own restart count above proves the requeue; submitit's "Requeued job" line is not
+        # proof either way, since the requeue may kill the job before `scontrol requeue` returns
+        log = Path(job.paths.stderr).read_text() + Path(job.paths.stdout).read_text()
+        assert f"this job is {cause}" in log, log[-2000:]  # submitit's handler told the two causes apart
         assert final_state(job.job_id) == "COMPLETED"
 
 
