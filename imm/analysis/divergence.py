@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from imm.sampling.decode import Prefix, cache_kwarg, shared_prefix
 from imm.sft.torch_loop import IGNORE, collate, encode
 
 
@@ -29,21 +30,38 @@ def token_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> tuple[torch.Tens
 
 def response_kl(base, model, tok, prompts: list[str], responses: list[str], batch_size: int = 16) -> dict[str, float]:
     """``forward`` KL(π_base‖π) and ``reverse`` KL(π‖π_base) per response token, and ``tokens``: how
-    many positions the means are over. ``base`` and ``model`` share the tokenizer ``tok``."""
+    many positions the means are over. ``base`` and ``model`` share the tokenizer ``tok``.
+
+    The prompts' shared first tokens (a few-shot prefix: most of each sequence) run once per model and
+    their KV cache is copied into each batch, as in sampling (imm.sampling.decode.Prefix)."""
     examples = [encode(tok, p, r) for p, r in zip(prompts, responses, strict=True)]
+    # shared by the prompt parts only, so the first token after it is still a prompt token: the
+    # prediction made at the prefix's last position, which the batches do not recompute, is never a target
+    common = shared_prefix([[t for t, y in zip(*ex) if y == IGNORE] for ex in examples])
+    prefixes = {id(m): Prefix(m, examples[0][0][:common]) for m in (base, model)} if common else {}
     fwd = rev = 0.0
     n = 0
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
             idx = list(range(start, min(start + batch_size, len(examples))))
             ids, labels, mask = collate(examples, idx, tok.pad_token_id)
+            ids, labels, mask = ids[:, common:], labels[:, common:], mask[:, common:]
             # the logits at position t predict token t+1: keep the positions whose next token is a response token
             target = labels[:, 1:] != IGNORE
-            logits_b = base(input_ids=ids.to(base.device), attention_mask=mask.to(base.device)).logits[:, :-1]
-            logits_m = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits[:, :-1]
+            logits_b = _logits(base, ids, mask, prefixes.get(id(base)))[:, :-1]
+            logits_m = _logits(model, ids, mask, prefixes.get(id(model)))[:, :-1]
             f, r = token_kl(logits_b[target.to(base.device)].cpu(), logits_m[target.to(model.device)].cpu())
             fwd, rev, n = fwd + float(f.sum()), rev + float(r.sum()), n + int(target.sum())
     return {"forward": fwd / n if n else 0.0, "reverse": rev / n if n else 0.0, "tokens": n}
+
+
+def _logits(net, ids: torch.Tensor, mask: torch.Tensor, prefix: Prefix | None) -> torch.Tensor:
+    """``net``'s logits at every position of ``ids`` (after ``prefix``'s tokens, when given)."""
+    if prefix is None:
+        return net(input_ids=ids.to(net.device), attention_mask=mask.to(net.device)).logits
+    mask = torch.cat([torch.ones(len(ids), prefix.length, dtype=mask.dtype), mask], dim=1)
+    return net(input_ids=ids.to(net.device), attention_mask=mask.to(net.device),
+               **{cache_kwarg(net): prefix.cache_for(len(ids)), "use_cache": True}).logits
 
 
 def held_out(items_by_set: dict[str, list[dict]], base_records: list[dict], sets: list[str], n: int,

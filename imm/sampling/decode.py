@@ -81,7 +81,7 @@ def _ended(tok, ids: list[int], stops: tuple[str, ...], at_answer: bool) -> bool
     return has_ended(tok.decode(ids[-TAIL_TOKENS:], skip_special_tokens=True), stops, at_answer)
 
 
-def _cache_kwarg(model) -> str:
+def cache_kwarg(model) -> str:
     """Newer transformers name the KV-cache argument ``cache``; older ones ``past_key_values``."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
@@ -106,7 +106,7 @@ def decode(model, tok, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
     eos | stop | length."""
     device = input_ids.device
     cache, offset = (prefix.cache_for(input_ids.shape[0]), prefix.length) if prefix else (DynamicCache(), 0)
-    kv = {_cache_kwarg(model): cache, "use_cache": True}
+    kv = {cache_kwarg(model): cache, "use_cache": True}
     positions = offset + (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     if prefix:  # the shared prefix's positions come first, all attended
         attention_mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], offset), attention_mask], 1)
@@ -167,7 +167,7 @@ class Prefix:
         self.length = len(ids)
         self.cache = DynamicCache()
         x = torch.tensor([ids], device=model.device)
-        model(input_ids=x, attention_mask=torch.ones_like(x), **{_cache_kwarg(model): self.cache, "use_cache": True},
+        model(input_ids=x, attention_mask=torch.ones_like(x), **{cache_kwarg(model): self.cache, "use_cache": True},
               **_last_logits_only(model))
 
     def cache_for(self, rows: int) -> DynamicCache:
