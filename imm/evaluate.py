@@ -12,6 +12,7 @@ from typing import List
 
 from imm import mechanism
 from imm.sampling import complete, ending_shares
+from imm.sampling.decode import shared_prefix
 from imm.grading.checks import grade_groups
 from imm.grading.passk import mean_pass_at_k
 from imm.reasoning import item_records, step_metrics
@@ -33,16 +34,49 @@ class EvalConfig:
             raise ValueError("eval.n > 1 needs eval.temperature > 0 (greedy samples are identical)")
 
 
-def _one_call(complete_fn, tests: dict[str, list[dict]], prompt_fn, cfg: EvalConfig) -> dict[str, list]:
-    """Every test set's completions from another engine (vLLM) in one call: one engine start-up per
-    evaluation stage, and the engine batches across sets."""
-    prompts = [prompt_fn(it) for items in tests.values() for it in items]
-    outs = complete_fn(prompts, n=cfg.n, temperatures=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                       at_answer=cfg.stop_at_answer)
-    by_set, start = {}, 0
+def decoding_groups(tok, tests: dict[str, list[dict]], prompt_fn, slack: int = 32) -> list[list[str]]:
+    """Test sets that decode in one call: consecutive sets whose prompts together keep the few-shot
+    prefix each has on its own (within ``slack`` tokens), so merging them costs no prefix sharing and
+    gives larger batches (a small model decodes a few rows at the cost of many)."""
+    groups: list[list[str]] = []
+    kept: list[list[int]] = []  # per group: its prompts' tokens
+    own = 0
     for name, items in tests.items():
-        by_set[name], start = outs[start:start + len(items)], start + len(items)
-    return by_set
+        enc = tok([prompt_fn(it) for it in items], add_special_tokens=True)["input_ids"]
+        mine = shared_prefix(enc)
+        if groups and shared_prefix(kept[-1] + enc) >= max(own, mine) - slack:
+            groups[-1].append(name)
+            kept[-1] += enc
+            own = max(own, mine)
+        else:
+            groups.append([name])
+            kept.append(list(enc))
+            own = mine
+    return groups
+
+
+def _decoded(model, tok, tests: dict[str, list[dict]], prompt_fn, cfg: EvalConfig, desc: str, complete_fn,
+             compile: bool):
+    """(set, completions, endings) of every set, group by group: from another engine (vLLM) in one call
+    (one engine start-up per evaluation stage, the engine batches across sets), from the hf decoder one
+    call per group of sets that share their few-shot prefix. Endings are None where the engine gives
+    none. A group decodes only when the caller asks for its first set (it grades the last group meanwhile)."""
+    groups = [list(tests)] if complete_fn is not None else decoding_groups(tok, tests, prompt_fn)
+    for group in groups:
+        prompts = [prompt_fn(it) for name in group for it in tests[name]]
+        figures: dict = {}
+        if complete_fn is not None:
+            outs = complete_fn(prompts, n=cfg.n, temperatures=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                               at_answer=cfg.stop_at_answer)
+        else:
+            outs = complete(model, tok, prompts, n=cfg.n, temperatures=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                            batch_size=cfg.batch_size, desc=f"{desc} {'+'.join(group)}", compile=compile,
+                            at_answer=cfg.stop_at_answer, stats=figures)
+        endings, start = figures.get("endings"), 0
+        for name in group:
+            size = len(tests[name])
+            yield name, outs[start:start + size], None if endings is None else endings[start * cfg.n:(start + size) * cfg.n]
+            start += size
 
 
 def evaluate(model, tok, data, prompt_fn, cfg: EvalConfig, desc: str = "eval", complete_fn=None,
@@ -57,22 +91,15 @@ def evaluate(model, tok, data, prompt_fn, cfg: EvalConfig, desc: str = "eval", c
     ``records``: a list that receives one row per test item (imm.reasoning.item_records)."""
     metrics: dict[str, float] = {}
     rows: list[dict] = []
-    engine_outs = _one_call(complete_fn, data.tests, prompt_fn, cfg) if complete_fn is not None else {}
-    # a set is graded in a thread while the model decodes the next (the checks run in the grading pool's
-    # processes or in Python; the order of the results is the order of the sets)
+    # a group's sets are graded in a thread while the model decodes the next group (the checks run in the
+    # grading pool's processes or in Python; the order of the results is the order of the sets)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imm-grade") as grader:
-        graded = []
-        for name, items in data.tests.items():
-            figures: dict = {}  # the hf decoder's per-sample lengths and endings (vLLM reports none)
-            if complete_fn is not None:
-                outs = engine_outs[name]
-            else:
-                outs = complete(model, tok, [prompt_fn(it) for it in items], n=cfg.n, temperatures=cfg.temperature,
-                                max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, desc=f"{desc} {name}",
-                                compile=compile, at_answer=cfg.stop_at_answer, stats=figures)
-                metrics |= {f"{name}/{k}": v for k, v in ending_shares(figures.get("endings", [])).items()}
-            graded.append((name, items, outs, figures.get("endings"), grader.submit(grade_groups, outs, items)))
-        for name, items, outs, endings, done in graded:
+        graded = [(name, outs, endings, grader.submit(grade_groups, outs, data.tests[name]))
+                  for name, outs, endings in _decoded(model, tok, data.tests, prompt_fn, cfg, desc, complete_fn, compile)]
+        for name, outs, endings, done in graded:
+            items = data.tests[name]
+            if endings is not None:  # the hf decoder's endings (vLLM reports none)
+                metrics |= {f"{name}/{k}": v for k, v in ending_shares(endings).items()}
             verdicts, report = done.result()
             at_limit = None if endings is None else [[e == "length" for e in endings[i * cfg.n:(i + 1) * cfg.n]]
                                                      for i in range(len(items))]

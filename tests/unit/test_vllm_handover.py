@@ -113,7 +113,8 @@ def test_the_stand_in_refuses_a_gpu_still_in_use(gpu):
 
 def test_a_set_is_graded_while_the_next_one_decodes(monkeypatch):
     """The hf backend: grading set a waits for set b's decoding to begin, which only happens when the
-    grading runs beside the decoding (one after the other, the wait times out)."""
+    grading runs beside the decoding (one after the other, the wait times out). The two sets have
+    different few-shot prefixes, so they decode in two calls (sets that share one decode together)."""
     import threading
 
     import imm.evaluate as ev
@@ -133,8 +134,15 @@ def test_a_set_is_graded_while_the_next_one_decodes(monkeypatch):
             overlapped.append(decoding_b.wait(timeout=5))
         return grade_groups(outs, items)
 
+    class Chars:  # a character tokenizer
+        def __call__(self, texts, add_special_tokens=True):
+            return {"input_ids": [[ord(c) for c in t] for t in texts]}
+
     monkeypatch.setattr(ev, "complete", complete)
     monkeypatch.setattr(ev, "grade_groups", grade)
-    data = Data(train=[], tests={"a": [item(1)], "b": [item(2)]}, id_sets=["a"], ood_sets=["b"])
-    metrics = ev.evaluate(None, None, data, lambda it: it["question"], EvalConfig())
+    data = Data(train=[], tests={"a": [item(1), item(3)], "b": [item(2), item(4)]}, id_sets=["a"], ood_sets=["b"])
+    prompt = lambda it: ("x" if int(it["id"]) % 2 else "y") * 80 + it["question"]  # noqa: E731
+    assert ev.decoding_groups(Chars(), data.tests, prompt) == [["a"], ["b"]]
+    assert ev.decoding_groups(Chars(), data.tests, lambda it: "x" * 80 + it["question"]) == [["a", "b"]]
+    metrics = ev.evaluate(None, Chars(), data, prompt, EvalConfig())
     assert overlapped == [True] and metrics["a"] == metrics["b"] == 1.0
