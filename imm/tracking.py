@@ -32,7 +32,7 @@ SWEEP_KIND = "sweep"  # tags.kind of a sweep's parent run
 class TrackingConfig:
     enabled: bool = True  # false: log nothing (the loop still prints its table)
     uri: str = "???"  # sqlite:///path/mlflow.db (default under outputs/), or http://host:port
-    artifact_root: str = "???"  # where runs of a new experiment put artifacts (file path or URI)
+    artifact_root: str = "???"  # where runs of a new experiment put artifacts (file path or URI; "mlflow-artifacts:" = the server's)
     experiment: str = "imm"  # experiment name; a sweep's runs share it to sit side by side
     run_name: str = ""  # MLflow run name; empty = method-alpha-p-seed
 
@@ -102,7 +102,11 @@ def ensure_store(cfg: TrackingConfig) -> str:
                     client.set_experiment_tag(exp.experiment_id, k, v)
             return exp.experiment_id
         artifacts = cfg.artifact_root
-        if "://" not in artifacts and not artifacts.startswith("mlflow-artifacts:"):  # a server's proxied store
+        if artifacts.startswith("mlflow-artifacts:"):
+            # a server's proxied store: the server puts the experiment under its id, the layout
+            # (<experiment id>/<run id>/artifacts) by which `--app-name basic-auth` grants uploads
+            artifacts = None
+        elif "://" not in artifacts:
             Path(artifacts).mkdir(parents=True, exist_ok=True)
             artifacts = Path(artifacts).resolve().as_uri()
         return client.create_experiment(cfg.experiment, artifact_location=artifacts, tags=EXPERIMENT_TAGS)
