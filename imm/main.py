@@ -21,7 +21,6 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from imm import loop
 
 from imm.report import console as summary
 from imm.config import validate
@@ -122,6 +121,8 @@ def main(dcfg: DictConfig) -> float:
         signal.signal(signal.SIGTERM, _mark_killed(tracker, signal.getsignal(signal.SIGTERM)))
     status = "FAILED"
     try:
+        from imm import loop  # torch, transformers and the stages: not loaded for a dry run
+
         result = loop.run(cfg, tracker, out, store)
         plot = summary.plot(result.rows, out / "iterations.png", f"{name} on {cfg.dataset.name}")
         tracker.artifact(plot, "plots")

@@ -8,7 +8,10 @@ from typing import Optional
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # transformers loads in the functions that need it: a dry run or a plan never does
+    from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ASSETS = Path(__file__).parent / "assets"
@@ -50,6 +53,8 @@ def asset_path(name: str) -> str:
 def load_tokenizer(path: str) -> PreTrainedTokenizerFast:
     # PreTrainedTokenizerFast round-trips a `tokenizers`-trained tokenizer exactly; AutoTokenizer
     # may swap in another class with a different pre-tokenizer.
+    from transformers import PreTrainedTokenizerFast
+
     tok = PreTrainedTokenizerFast.from_pretrained(path)
     tok.clean_up_tokenization_spaces = False  # the legacy clean-up rewrites " ." and would alter samples
     if tok.pad_token is None:
@@ -73,6 +78,8 @@ def load_model(cfg: ModelConfig, path: str | None = None, dtype: str | None = No
     """The model on ``cfg.device``, in ``dtype`` (default: its storage dtype ``cfg.dtype``)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    from transformers import AutoModelForCausalLM
+
     model = AutoModelForCausalLM.from_pretrained(
         path or cfg.path, dtype=DTYPES[dtype or cfg.dtype], trust_remote_code=cfg.trust_remote_code)
     return model.to(resolve_device(cfg.device)).eval()

@@ -18,7 +18,6 @@ from tqdm.auto import tqdm
 
 from imm.grading.answers import STOP_STRINGS, cut_sample
 from imm.sampling.decode import Prefix, decode, eos_ids, shared_prefix
-from imm.sampling.decode_compiled import decode_static
 from imm.sampling.engine import EngineConfig
 
 log = logging.getLogger(__name__)
@@ -127,6 +126,8 @@ def complete(model, tok, prompts: list[str], *, n: int = 1, temperatures: list[f
         kw = dict(n=n, temps=temps, top_p=top_p, max_new_tokens=max_new_tokens, stops=stops)
         reasons: list[str] = []
         if compile:
+            from imm.sampling.decode_compiled import decode_static  # transformers' generate, loaded when used
+
             ids = decode_static(*args, **kw, seed=seed * 1_000_003 + b)[:len(idx) * n]
         else:
             ids = decode(*args, **kw, generator=gen, at_answer=at_answer, eos=eos, prefix=prefix, reasons=reasons)

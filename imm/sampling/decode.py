@@ -13,7 +13,6 @@ import copy
 import inspect
 
 import torch
-from transformers import DynamicCache
 
 from imm.grading.answers import has_ended
 
@@ -105,6 +104,8 @@ def decode(model, tok, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
     (``input_ids`` then hold each prompt's remaining tokens). ``reasons``: receives each row's ending,
     eos | stop | length."""
     device = input_ids.device
+    from transformers import DynamicCache
+
     cache, offset = (prefix.cache_for(input_ids.shape[0]), prefix.length) if prefix else (DynamicCache(), 0)
     kv = {cache_kwarg(model): cache, "use_cache": True}
     positions = offset + (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -165,12 +166,14 @@ class Prefix:
     @torch.no_grad()
     def __init__(self, model, ids: list[int]):
         self.length = len(ids)
+        from transformers import DynamicCache
+
         self.cache = DynamicCache()
         x = torch.tensor([ids], device=model.device)
         model(input_ids=x, attention_mask=torch.ones_like(x), **{cache_kwarg(model): self.cache, "use_cache": True},
               **_last_logits_only(model))
 
-    def cache_for(self, rows: int) -> DynamicCache:
+    def cache_for(self, rows: int) -> "DynamicCache":  # noqa: F821 (transformers loads with the first prefix)
         cache = copy.deepcopy(self.cache)
         cache.batch_repeat_interleave(rows)
         return cache

@@ -17,7 +17,6 @@ import time
 
 import torch
 from tqdm.auto import tqdm
-from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
 import imm.sft.interventions as interventions
 from imm.sft.config import SFTConfig
@@ -77,6 +76,8 @@ def train(model, tok, rows: list[dict], prompt_fn, cfg: SFTConfig, iteration: in
     # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+    from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+
     decay = get_cosine_schedule_with_warmup if cfg.scheduler == "cosine" else get_linear_schedule_with_warmup
     sched = decay(opt, int(cfg.warmup_ratio * total), total)
     how, val = cfg.intervention, interventions.value(cfg.intervention, cfg.intervention_value)
