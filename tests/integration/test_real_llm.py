@@ -29,7 +29,8 @@ SIZES = ["dataset.n_train=16", "dataset.n_test=3", "dataset.shots=1", "generate.
 
 
 def test_smollm2_runs_one_imm_iteration_through_every_stage(smollm2, tmp_path):
-    env = dict(os.environ, HF_HUB_OFFLINE="1")  # threads: as the suite sets them (conftest)
+    # the suite runs one test at a time: this job, its longest, may use the machine's cores
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(min(4, os.cpu_count() or 1)))
     cmd = [sys.executable, "-m", "imm.main", "model=smollm2-135m-instruct", f"model.path={smollm2}", "dataset=world_nl",
            "method=imm", *SIZES, f"outputs={tmp_path}"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
