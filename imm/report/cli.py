@@ -15,6 +15,8 @@ Writes to --out (default outputs/reports/<name>, name defaulting to the time):
   baselines.{md,csv,tex}     paper Table 5: Base, vanilla, STaR-restart, mixture, accumulation, the SFT
                              interventions, IMM, IIMM at --iteration (default each run's last), --alpha
   iterations.png, iterations_<set>.png, iterations.csv   Figs 6/7: Base, SFT 1, Merge 1, ... per method at --alpha
+  stages.{md,csv}            every stage of each method at --alpha: pass@1 per set, no-answer and ran-to-limit
+                             shares, OOD items forgotten / newly solved since the base, mean ± std over seeds
   steps.png, steps.csv       testbed: sound / shortcut / flawed shares of kept samples and right answers per iteration
   transitions.png, transitions.csv   testbed and benchmarks: items forgotten / newly solved since the base model
   passk.png, passk.csv       Figs 8/13, where runs logged pass@k (eval.n > 1)
@@ -37,6 +39,7 @@ from imm.report import plots
 from imm.report import reasoning
 from imm.report import render
 from imm.report import schedules
+from imm.report import stages
 from imm.report import tables
 from imm.report.tables import RunRecord
 from imm.tracking import SWEEP_KIND
@@ -189,6 +192,15 @@ def build(runs: list[RunRecord], out: Path, method: str, alpha: float, title: st
     paths, md = write_baselines(baselines.baselines_table(curves, iteration), out, alpha)
     files += paths
     text.append(f"baselines\n{md}")
+    header, body = stages.stage_table(curves, sets)
+    if body:
+        md = render.markdown(header, body, "pass@1 (%) of every evaluated stage; no answer and ran to limit: "
+                                           "shares (%) of answers, mean over the single sets; OOD forgotten / "
+                                           "newly solved: shares (%) of OOD items since the base model; mean ± "
+                                           "sample std over seeds")
+        (out / "stages.md").write_text(f"### Every stage\n\n{md}")
+        files += [out / "stages.md", render.write_csv(out / "stages.csv", header, body)]
+        text.append(f"every stage\n{md}")
     points = tables.iteration_points(curves, sets)
     if points:
         files.append(render.write_records(out / "iterations.csv", points))

@@ -15,7 +15,8 @@ th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}img{max-widt
 
 TABLES = (("alpha_table.csv", "α ablation (final merged pass@1, %)"), ("summary.csv", "Methods (final pass@1, %)"),
           ("baselines.csv", "Baselines (paper Table 5: pass@1 %, kept samples' sound share)"),
-          ("per_iteration.csv", "Per iteration (pass@1 %, kept samples and their step classes)"))
+          ("per_iteration.csv", "Per iteration (pass@1 %, kept samples and their step classes)"),
+          ("stages.csv", "Every stage (pass@1 %, no-answer and ran-to-limit shares, OOD items moved since the base)"))
 
 
 def _table(path: Path) -> str:
