@@ -99,9 +99,9 @@ class ValidateSweep(Callback):
         atexit.register(self._end_parents, "FAILED")  # a job that raised skips on_multirun_end
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from imm.report.sweep import report_sweep
-
         for i, (tracking, run_id) in enumerate(self.parents.values()):
+            from imm.report.sweep import report_sweep  # matplotlib and MLflow: only where a store has runs
+
             out = Path(config.hydra.sweep.dir) / ("report" if len(self.parents) == 1 else f"report-{i}")
             try:
                 report_sweep(tracking, self.sweep_id, out, run_id)
