@@ -27,7 +27,17 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-ID_SETS, OOD_SETS = ("id_addsub",), ("ood_wording", "ood_mult", "ood_multistep")
+ID_SETS, OOD_SETS = ("id_addsub",), ("ood_wording", "ood_mult", "ood_multistep")  # the testbed's
+
+
+def split_sets(cfg: dict, evals: dict[str, list[dict]]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A job's ID and OOD sets as its config names them (dataset.id_sets / ood_sets; OOD left empty =
+    every other evaluated set); the testbed's families where the config names none."""
+    data = cfg.get("dataset") or {}
+    ids = tuple(data.get("id_sets") or ()) or ID_SETS
+    present = sorted({r["set"] for rows in evals.values() for r in rows})
+    ood = tuple(data.get("ood_sets") or ()) or (tuple(s for s in present if s not in ids) if data.get("id_sets") else OOD_SETS)
+    return ids, ood
 
 
 @dataclass(frozen=True)
@@ -94,14 +104,17 @@ def final_label(evals: dict[str, list[dict]], method: str) -> str:
     return max((k for k in evals if k.startswith(prefix)), key=lambda k: int(k[len(prefix):]))
 
 
-def groups(jobs: list[Path]) -> dict[tuple[str, float], dict[int, dict[str, list[dict]]]]:
-    """(method, α) -> seed -> evaluations."""
+def groups(jobs: list[Path]) -> tuple[dict[tuple[str, float], dict[int, dict[str, list[dict]]]], tuple, tuple]:
+    """(method, α) -> seed -> evaluations; and the ID and OOD sets (the first job's: one grid's jobs share them)."""
     out: dict[tuple[str, float], dict[int, dict[str, list[dict]]]] = {}
+    sets = (ID_SETS, OOD_SETS)
     for job in jobs:
         cfg, evals = read_job(job)
         if evals:
+            if not out:
+                sets = split_sets(cfg, evals)
             out.setdefault((cfg["method"]["name"], float(cfg["merge"]["alpha"])), {})[int(cfg["run"]["seed"])] = evals
-    return out
+    return out, *sets
 
 
 def right(r: dict) -> float:
@@ -109,7 +122,7 @@ def right(r: dict) -> float:
 
 
 def report(jobs: list[Path], boot: int = 2000) -> str:
-    found = groups(jobs)
+    found, id_sets, ood_sets = groups(jobs)
     lines = ["| comparison | seeds | ID (points) | p | OOD (points) | p | p_holm (OOD) |", "|---|---:|---:|---:|---:|---:|---:|"]
     imm_rows: list[tuple[int, float]] = []
     finals: dict[tuple[str, float], tuple[list[int], list[list[dict]]]] = {}
@@ -118,7 +131,7 @@ def report(jobs: list[Path], boot: int = 2000) -> str:
         final = [by_seed[s][final_label(by_seed[s], method)] for s in seeds]
         base = [by_seed[s]["Base"] for s in seeds]
         finals[(method, alpha)] = (seeds, final)
-        cells = [paired_bootstrap(matrix(final, sets, right), matrix(base, sets, right), boot) for sets in (ID_SETS, OOD_SETS)]
+        cells = [paired_bootstrap(matrix(final, sets, right), matrix(base, sets, right), boot) for sets in (id_sets, ood_sets)]
         name = f"{method}" + (f" (α {alpha})" if method in ("imm", "iimm") else "")
         lines.append(f"| {name} final − Base | {len(seeds)} | {cells[0]} | {cells[0].p:.3f} | {cells[1]} | {cells[1].p:.3f} | |")
         if method == "imm":
@@ -133,23 +146,23 @@ def report(jobs: list[Path], boot: int = 2000) -> str:
                 continue
             pick = lambda k: [finals[k][1][finals[k][0].index(s)] for s in common]  # noqa: E731
             cells = [paired_bootstrap(matrix(pick(a), sets, right), matrix(pick(b), sets, right), boot)
-                     for sets in (ID_SETS, OOD_SETS)]
+                     for sets in (id_sets, ood_sets)]
             lines.append(f"| {a[0]} − {b[0]} (α {a[1]}/{b[1]}), final | {len(common)} | {cells[0]} | {cells[0].p:.3f} | "
                          f"{cells[1]} | {cells[1].p:.3f} | |")
     lines += ["", "| model | seeds | right OOD answers | sound among them (%) | 95% interval |", "|---|---:|---:|---:|---|"]
     any_group = next(iter(found.values()), None)
     if any_group:
         base = [any_group[s]["Base"] for s in sorted(any_group)]
-        lines.append(_sound_row("Base", base, boot))
+        lines.append(_sound_row("Base", base, boot, ood_sets))
     for (method, alpha), (seeds, final) in sorted(finals.items()):
-        lines.append(_sound_row(f"{method} (α {alpha}) final", final, boot))
+        lines.append(_sound_row(f"{method} (α {alpha}) final", final, boot, ood_sets))
     return "\n".join(lines)
 
 
-def _sound_row(name: str, rows_by_seed: list[list[dict]], boot: int) -> str:
+def _sound_row(name: str, rows_by_seed: list[list[dict]], boot: int, ood_sets: tuple[str, ...] = OOD_SETS) -> str:
     first = lambda r: (r.get("steps") or ["wrong"])[0]  # noqa: E731  (greedy pass@1: the one sample)
-    sound = matrix(rows_by_seed, OOD_SETS, lambda r: float(first(r) == "sound"))
-    counted = matrix(rows_by_seed, OOD_SETS, lambda r: float(first(r) != "wrong"))
+    sound = matrix(rows_by_seed, ood_sets, lambda r: float(first(r) == "sound"))
+    counted = matrix(rows_by_seed, ood_sets, lambda r: float(first(r) != "wrong"))
     s = share_bootstrap(sound, counted, boot)
     return f"| {name} | {len(rows_by_seed)} | {int(counted.sum())} | {s.mean:.1f} | [{s.lo:.1f}, {s.hi:.1f}] |"
 

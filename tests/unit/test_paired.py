@@ -59,3 +59,12 @@ def test_report_pairs_each_final_model_with_the_base(tmp_path):
     assert "| imm (α 0.7) final − Base | 2 | +0.0 [+0.0, +0.0] | 1.000 | +0.0 [+0.0, +0.0] | 1.000 | 1.000 |" in text
     assert "| imm − vanilla (α 0.7/0.5), final | 2 | -50.0" in text
     assert "| Base | 2 | 40 | 100.0 |" in text and "| vanilla (α 0.5) final | 2 | 80 | 100.0 |" in text
+
+
+def test_sets_come_from_the_jobs_config():
+    from imm.report.paired import ID_SETS, OOD_SETS, split_sets
+
+    evals = {"Base": [{"set": s, "index": 0, "right": True} for s in ("gsm8k", "svamp", "asdiv")]}
+    assert split_sets({"dataset": {"id_sets": ["gsm8k"], "ood_sets": []}}, evals) == (("gsm8k",), ("asdiv", "svamp"))
+    assert split_sets({"dataset": {"id_sets": ["gsm8k"], "ood_sets": ["svamp"]}}, evals) == (("gsm8k",), ("svamp",))
+    assert split_sets({"dataset": {"id_sets": [], "ood_sets": []}}, evals) == (ID_SETS, OOD_SETS)  # the testbed
