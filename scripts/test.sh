@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up imm and runs the whole test suite (660 tests, about 20 minutes on 2 CPU cores).
+# Sets up imm and runs the whole test suite (664 tests; about 20 minutes on 2 CPU cores, README says more).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
