@@ -28,6 +28,11 @@ import numpy as np
 import yaml
 
 ID_SETS, OOD_SETS = ("id_addsub",), ("ood_wording", "ood_mult", "ood_multistep")  # the testbed's
+MERGING, NO_ALPHA = ("imm", "iimm"), -1.0  # methods whose jobs differ by α; the key of the others
+
+
+def label(method: str, alpha: float) -> str:
+    return f"{method} (α {alpha:g})" if alpha != NO_ALPHA else method
 
 
 def split_sets(cfg: dict, evals: dict[str, list[dict]]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -113,7 +118,9 @@ def groups(jobs: list[Path]) -> tuple[dict[tuple[str, float], dict[int, dict[str
         if evals:
             if not out:
                 sets = split_sets(cfg, evals)
-            out.setdefault((cfg["method"]["name"], float(cfg["merge"]["alpha"])), {})[int(cfg["run"]["seed"])] = evals
+            method = cfg["method"]["name"]
+            alpha = float(cfg["merge"]["alpha"]) if method in MERGING else NO_ALPHA  # α changes no other method
+            out.setdefault((method, alpha), {})[int(cfg["run"]["seed"])] = evals
     return out, *sets
 
 
@@ -132,7 +139,7 @@ def report(jobs: list[Path], boot: int = 2000) -> str:
         base = [by_seed[s]["Base"] for s in seeds]
         finals[(method, alpha)] = (seeds, final)
         cells = [paired_bootstrap(matrix(final, sets, right), matrix(base, sets, right), boot) for sets in (id_sets, ood_sets)]
-        name = f"{method}" + (f" (α {alpha})" if method in ("imm", "iimm") else "")
+        name = label(method, alpha)
         lines.append(f"| {name} final − Base | {len(seeds)} | {cells[0]} | {cells[0].p:.3f} | {cells[1]} | {cells[1].p:.3f} | |")
         if method == "imm":
             imm_rows.append((len(lines) - 1, cells[1].p))
@@ -147,15 +154,19 @@ def report(jobs: list[Path], boot: int = 2000) -> str:
             pick = lambda k: [finals[k][1][finals[k][0].index(s)] for s in common]  # noqa: E731
             cells = [paired_bootstrap(matrix(pick(a), sets, right), matrix(pick(b), sets, right), boot)
                      for sets in (id_sets, ood_sets)]
-            lines.append(f"| {a[0]} − {b[0]} (α {a[1]}/{b[1]}), final | {len(common)} | {cells[0]} | {cells[0].p:.3f} | "
+            lines.append(f"| {label(*a)} − {label(*b)}, final | {len(common)} | {cells[0]} | {cells[0].p:.3f} | "
                          f"{cells[1]} | {cells[1].p:.3f} | |")
-    lines += ["", "| model | seeds | right OOD answers | sound among them (%) | 95% interval |", "|---|---:|---:|---:|---|"]
     any_group = next(iter(found.values()), None)
+    has_steps = any(r.get("steps") for by_seed in found.values() for evals in by_seed.values()
+                    for rows in evals.values() for r in rows)
+    if not has_steps:  # benchmark files: no step classes to share out
+        return "\n".join(lines)
+    lines += ["", "| model | seeds | right OOD answers | sound among them (%) | 95% interval |", "|---|---:|---:|---:|---|"]
     if any_group:
         base = [any_group[s]["Base"] for s in sorted(any_group)]
         lines.append(_sound_row("Base", base, boot, ood_sets))
     for (method, alpha), (seeds, final) in sorted(finals.items()):
-        lines.append(_sound_row(f"{method} (α {alpha}) final", final, boot, ood_sets))
+        lines.append(_sound_row(f"{label(method, alpha)} final", final, boot, ood_sets))
     return "\n".join(lines)
 
 
