@@ -170,7 +170,7 @@ def report(jobs: list[Path], boot: int = 2000) -> str:
     return "\n".join(lines)
 
 
-def _sound_row(name: str, rows_by_seed: list[list[dict]], boot: int, ood_sets: tuple[str, ...] = OOD_SETS) -> str:
+def _sound_row(name: str, rows_by_seed: list[list[dict]], boot: int, ood_sets: tuple[str, ...]) -> str:
     first = lambda r: (r.get("steps") or ["wrong"])[0]  # noqa: E731  (greedy pass@1: the one sample)
     sound = matrix(rows_by_seed, ood_sets, lambda r: float(first(r) == "sound"))
     counted = matrix(rows_by_seed, ood_sets, lambda r: float(first(r) != "wrong"))

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import copy
 import inspect
+from typing import TYPE_CHECKING
 
 import torch
 
 from imm.grading.answers import has_ended
+
+if TYPE_CHECKING:  # transformers loads with the first cache a call makes
+    from transformers import DynamicCache
 
 
 def nucleus_logits(logits: torch.Tensor, temps: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -173,7 +177,7 @@ class Prefix:
         model(input_ids=x, attention_mask=torch.ones_like(x), **{cache_kwarg(model): self.cache, "use_cache": True},
               **_last_logits_only(model))
 
-    def cache_for(self, rows: int) -> "DynamicCache":  # noqa: F821 (transformers loads with the first prefix)
+    def cache_for(self, rows: int) -> DynamicCache:
         cache = copy.deepcopy(self.cache)
         cache.batch_repeat_interleave(rows)
         return cache
