@@ -12,7 +12,7 @@ from imm.grading.answers import final_answer
 from imm.grading.checks import grade
 from imm.data.world import problems
 from imm.data.world.problems import (
-    FAMILIES, ID_FAMILY, OOD_FAMILIES, PROMPT_TEMPLATE, format_prompt, make_split, render,
+    FAMILIES, GAIN_VERBS, ID_FAMILY, LOSS_VERBS, OOD_FAMILIES, PROMPT_TEMPLATE, format_prompt, make_split, render,
     sample_problems, split_of,
 )
 
@@ -233,3 +233,24 @@ def test_balanced_family_gold_and_disjoint():
     test = {i["question"] for i in make_split(V2_ID, "test", 300, 0)}
     train = {i["question"] for i in make_split(V2_ID, "train", 300, 0)}
     assert not test & train and all(split_of(q) == "test" for q in test)
+
+
+def test_coverage_control_covers_ood_ranges_and_steps(tok):
+    """id_wide: the ID wording and operations with the OOD families' step counts and starts."""
+    from imm.data.world.steps import check_steps
+
+    wide = sample_problems("id_wide", "train", 600, 0)
+    ood = [p for f in ("ood_wording", "ood_multistep") for p in sample_problems(f, "train", 300, 0)]
+    assert {len(p.ops) for p in wide} == {2, 3, 4} >= {len(p.ops) for p in ood}
+    changes = [x for p in wide for _, x in p.ops]
+    multistep_changes = [x for p in ood[300:] for _, x in p.ops]
+    assert (min(changes), max(changes)) == (min(multistep_changes), max(multistep_changes)) == (1, 9)
+    assert max(p.start[0] for p in wide) >= max(p.start[0] for p in ood)
+    assert all(len(p.start) == 1 and {s for s, _ in p.ops} == {"+", "-"} and p.answer >= 0 for p in wide)
+    id_verbs = {v.split()[0] for v in GAIN_VERBS + LOSS_VERBS}
+    assert all(re.search(rf"\b{p.pronoun.capitalize()} ({'|'.join(id_verbs)})\b", p.question) for p in wide)
+    items = make_split("id_wide", "test", 200, 0)
+    assert all(check_steps(it["solution"], it) == "sound" for it in items)
+    assert all(tok.unk_token_id not in tok(format_prompt(it["question"]) + " " + it["solution"])["input_ids"]
+               for it in items)
+    assert not {i["question"] for i in items} & {i["question"] for i in make_split("id_wide", "train", 300, 0)}

@@ -241,24 +241,48 @@ def gen_ood_mult(rng: random.Random) -> Problem:
     return Problem(q, name, pron, obj, (a, b), [(sign, x)])
 
 
-def gen_ood_multistep(rng: random.Random) -> Problem:
-    name, pron = _person(rng)
-    obj = rng.choice(OBJECTS)
-    a = rng.randint(10, 39)
-    n_ops = rng.choice((3, 4))
+def _mixed_steps(rng: random.Random, start: int, n_ops: int) -> list[tuple[str, int]]:
+    """``n_ops`` changes of 1-9, gains and losses both present, never going below zero."""
     while True:
         ops = [(rng.choice("+-"), rng.randint(1, 9)) for _ in range(n_ops)]
-        if {s for s, _ in ops} != {"+", "-"}:
-            continue
-        v, ok = a, True
+        v, ok = start, {s for s, _ in ops} == {"+", "-"}
         for s, x in ops:
             v = v + x if s == "+" else v - x
             ok &= v >= 0
         if ok:
-            break
-    verbs = [_verb(s, x, rng) for s, x in ops]
+            return ops
+
+
+def _many_steps_question(name: str, pron: str, a: int, obj: str, verbs: list[str]) -> str:
     acts = ", ".join(verbs[:-1]) + f", and then {verbs[-1]}"
-    q = f"{name} has {a} {obj}. {pron.capitalize()} {acts}. How many {obj} does {pron} have now?"
+    return f"{name} has {a} {obj}. {pron.capitalize()} {acts}. How many {obj} does {pron} have now?"
+
+
+def gen_ood_multistep(rng: random.Random) -> Problem:
+    name, pron = _person(rng)
+    obj = rng.choice(OBJECTS)
+    a = rng.randint(10, 39)
+    ops = _mixed_steps(rng, a, rng.choice((3, 4)))
+    verbs = [_verb(s, x, rng) for s, x in ops]
+    return Problem(_many_steps_question(name, pron, a, obj, verbs), name, pron, obj, (a,), ops)
+
+
+def gen_id_wide(rng: random.Random) -> Problem:
+    """The coverage control: the ID family's wording and operations (add/subtract with the ID verbs)
+    with the OOD families' step counts and starts (2-4 steps, start 10-59; changes 1-9). It covers
+    ``ood_multistep`` whole and ``ood_wording``'s starts; not ``ood_wording``'s wording or two-digit
+    changes (the base model reads few two-digit changes in ID wording: with changes up to 19 its
+    right samples were mostly lucky), and not ``ood_mult``'s product."""
+    name, pron = _person(rng)
+    obj = rng.choice(OBJECTS)
+    a = rng.randint(10, 59)
+    n_ops = rng.choice((2, 3, 4))
+    ops = _mixed_steps(rng, a, n_ops)
+    verbs = [_verb(s, x, rng) for s, x in ops]
+    if n_ops > 2:
+        return Problem(_many_steps_question(name, pron, a, obj, verbs), name, pron, obj, (a,), ops)
+    q = (f"{name} has {a} {obj}. {pron.capitalize()} {verbs[0]} and then {verbs[1]}. "
+         f"How many {obj} does {pron} have now?")
     return Problem(q, name, pron, obj, (a,), ops)
 
 
@@ -313,6 +337,8 @@ FAMILIES: dict[str, Family] = {
                             "three or four add/subtract steps, changes 1-9"),
     "id_addsub_bal": Family("id_addsub_bal", gen_id_addsub_bal, FULL_STYLES,
                             "id_addsub, 40% balanced (loss = gain, the answer is the start)"),
+    "id_wide": Family("id_wide", gen_id_wide, ("steps", "labeled", "story"),
+                      "ID wording, add/subtract, start 10-59, changes 1-9, 2-4 steps (the coverage control)"),
     "id_onestep": Family("id_onestep", gen_id_onestep, ("steps", "labeled", "story"),
                          "one add/subtract step, start 10-39, change 1-9 (real LLMs' ID)"),
     "ood_wording_onestep": Family("ood_wording_onestep", gen_ood_wording_onestep, ("steps", "labeled", "story"),
