@@ -4,14 +4,17 @@
     python -m imm.report.paired outputs/jobs/* --boot 4000 --out outputs/reports/paired.md
 
 Each job writes its evaluations' per-item results (``evaluations/<label>.jsonl``: set, index, right,
-step class). Jobs are grouped by method and α; within a group the seeds are paired item by item
-with the base model's evaluation of the same items. For each group's final model it prints:
+step class). Jobs that were evaluated on other items (another ``dataset.seed``, evaluation split or
+ID/OOD sets) are reported apart, one section each. Within a section jobs are grouped by method and
+α; a group's runs (one base model × one seed each: several pretrained bases enter as more runs)
+are paired item by item with their base model's evaluation of the same items. For each group's
+final model it prints:
 
 - the difference from the base model, ID and OOD (points of pass@1, the OOD mean over its sets);
 - the difference between methods at the final iteration (same seeds, same items);
 - the share of right OOD answers with sound steps, for the base and each final model;
 
-each with a 95% percentile interval from a two-level bootstrap (seeds drawn with replacement, then
+each with a 95% percentile interval from a two-level bootstrap (runs drawn with replacement, then
 items drawn with replacement within the draw, the same items for both models: the noise of the
 test items and of the seeds both enter), a bootstrap p-value, and for the IMM comparisons with the
 base over several α values a Holm correction (``p_holm``) across those α values.
@@ -105,22 +108,52 @@ def matrix(rows_by_seed: list[list[dict]], sets: tuple[str, ...], value) -> np.n
 
 
 def final_label(evals: dict[str, list[dict]], method: str) -> str:
-    prefix = "Merge" if method in ("imm", "iimm") else "SFT"
-    return max((k for k in evals if k.startswith(prefix)), key=lambda k: int(k[len(prefix):]))
+    """The final model's evaluation: the last merge of a merging method (its last SFT where the
+    schedule merged inside SFT), else the last SFT."""
+    for prefix in (("Merge", "SFT") if method in MERGING else ("SFT",)):
+        steps = [k for k in evals if k.startswith(prefix) and k[len(prefix):].isdigit()]
+        if steps:
+            return max(steps, key=lambda k: int(k[len(prefix):]))
+    return "Base"
 
 
-def groups(jobs: list[Path]) -> tuple[dict[tuple[str, float], dict[int, dict[str, list[dict]]]], tuple, tuple]:
-    """(method, α) -> seed -> evaluations; and the ID and OOD sets (the first job's: one grid's jobs share them)."""
-    out: dict[tuple[str, float], dict[int, dict[str, list[dict]]]] = {}
+def finished(cfg: dict, evals: dict[str, list[dict]]) -> bool:
+    """Whether the job evaluated its last iteration (a stopped job's folder holds only the first ones)."""
+    final = final_label(evals, cfg["method"]["name"])
+    return final != "Base" and int(final.lstrip("MergeSFT")) == int(cfg["run"].get("iterations", 0) or 0)
+
+
+Unit = tuple[str, int]  # one run: (base model, seed)
+
+
+def setting(cfg: dict) -> tuple:
+    """Which items a job was evaluated on: its data seed, evaluation split and ID/OOD sets."""
+    data = cfg.get("dataset") or {}
+    return (data.get("seed", 0), data.get("eval_split", "test"), tuple(data.get("id_sets") or ()),
+            tuple(data.get("ood_sets") or ()))
+
+
+def by_setting(jobs: list[Path]) -> dict[tuple, list[Path]]:
+    out: dict[tuple, list[Path]] = {}
+    for job in jobs:
+        out.setdefault(setting(yaml.safe_load((job / "config.yaml").read_text())), []).append(job)
+    return out
+
+
+def groups(jobs: list[Path]) -> tuple[dict[tuple[str, float], dict[Unit, dict[str, list[dict]]]], tuple, tuple]:
+    """(method, α) -> run (base model, seed) -> evaluations; and the ID and OOD sets (the first job's:
+    the jobs of one setting share them)."""
+    out: dict[tuple[str, float], dict[Unit, dict[str, list[dict]]]] = {}
     sets = (ID_SETS, OOD_SETS)
     for job in jobs:
         cfg, evals = read_job(job)
-        if evals:
+        if evals and finished(cfg, evals):
             if not out:
                 sets = split_sets(cfg, evals)
             method = cfg["method"]["name"]
             alpha = float(cfg["merge"]["alpha"]) if method in MERGING else NO_ALPHA  # α changes no other method
-            out.setdefault((method, alpha), {})[int(cfg["run"]["seed"])] = evals
+            unit = ((cfg.get("model") or {}).get("name", ""), int(cfg["run"]["seed"]))
+            out.setdefault((method, alpha), {})[unit] = evals
     return out, *sets
 
 
@@ -129,10 +162,20 @@ def right(r: dict) -> float:
 
 
 def report(jobs: list[Path], boot: int = 2000) -> str:
+    """The tables of every setting the jobs were evaluated in; a heading each where there are several."""
+    parts = by_setting(jobs)
+    if len(parts) == 1:
+        return _report(jobs, boot)
+    return "\n\n".join(f"#### dataset.seed {seed}, {split} split, ID {', '.join(ids) or 'default'}, "
+                       f"OOD {', '.join(ood) or 'default'}\n\n{_report(part, boot)}"
+                       for (seed, split, ids, ood), part in sorted(parts.items()))
+
+
+def _report(jobs: list[Path], boot: int) -> str:
     found, id_sets, ood_sets = groups(jobs)
-    lines = ["| comparison | seeds | ID (points) | p | OOD (points) | p | p_holm (OOD) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| comparison | runs | ID (points) | p | OOD (points) | p | p_holm (OOD) |", "|---|---:|---:|---:|---:|---:|---:|"]
     imm_rows: list[tuple[int, float]] = []
-    finals: dict[tuple[str, float], tuple[list[int], list[list[dict]]]] = {}
+    finals: dict[tuple[str, float], tuple[list[Unit], list[list[dict]]]] = {}
     for (method, alpha), by_seed in sorted(found.items()):
         seeds = sorted(by_seed)
         final = [by_seed[s][final_label(by_seed[s], method)] for s in seeds]
@@ -156,15 +199,14 @@ def report(jobs: list[Path], boot: int = 2000) -> str:
                      for sets in (id_sets, ood_sets)]
             lines.append(f"| {label(*a)} − {label(*b)}, final | {len(common)} | {cells[0]} | {cells[0].p:.3f} | "
                          f"{cells[1]} | {cells[1].p:.3f} | |")
-    any_group = next(iter(found.values()), None)
+    bases = {unit: evals["Base"] for by_unit in found.values() for unit, evals in by_unit.items()}
     has_steps = any(r.get("steps") for by_seed in found.values() for evals in by_seed.values()
                     for rows in evals.values() for r in rows)
     if not has_steps:  # benchmark files: no step classes to share out
         return "\n".join(lines)
-    lines += ["", "| model | seeds | right OOD answers | sound among them (%) | 95% interval |", "|---|---:|---:|---:|---|"]
-    if any_group:
-        base = [any_group[s]["Base"] for s in sorted(any_group)]
-        lines.append(_sound_row("Base", base, boot, ood_sets))
+    lines += ["", "| model | runs | right OOD answers | sound among them (%) | 95% interval |", "|---|---:|---:|---:|---|"]
+    if bases:  # every run's base model once
+        lines.append(_sound_row("Base", [bases[u] for u in sorted(bases)], boot, ood_sets))
     for (method, alpha), (seeds, final) in sorted(finals.items()):
         lines.append(_sound_row(f"{label(method, alpha)} final", final, boot, ood_sets))
     return "\n".join(lines)

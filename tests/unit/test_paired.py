@@ -37,10 +37,13 @@ def test_holm():
     assert holm([0.5]) == [0.5]
 
 
-def _job(root, name, method, alpha, seed, final, rows_by_label):
+def _job(root, name, method, alpha, seed, final, rows_by_label, model="testbed", split="test"):
     job = root / name
     (job / "evaluations").mkdir(parents=True)
-    (job / "config.yaml").write_text(f"method:\n  name: {method}\nmerge:\n  alpha: {alpha}\nrun:\n  seed: {seed}\n")
+    iterations = int(final.lstrip("MergeSFT"))
+    (job / "config.yaml").write_text(f"method:\n  name: {method}\nmerge:\n  alpha: {alpha}\nrun:\n  seed: {seed}\n"
+                                     f"  iterations: {iterations}\n"
+                                     f"model:\n  name: {model}\ndataset:\n  seed: 1\n  eval_split: {split}\n")
     for label, right in rows_by_label.items():
         rows = [{"set": s, "index": i, "right": bool(r), "steps": ["sound" if r else "wrong"]}
                 for s in ("id_addsub", "ood_mult") for i, r in enumerate(right)]
@@ -68,3 +71,27 @@ def test_sets_come_from_the_jobs_config():
     assert split_sets({"dataset": {"id_sets": ["gsm8k"], "ood_sets": []}}, evals) == (("gsm8k",), ("asdiv", "svamp"))
     assert split_sets({"dataset": {"id_sets": ["gsm8k"], "ood_sets": ["svamp"]}}, evals) == (("gsm8k",), ("svamp",))
     assert split_sets({"dataset": {"id_sets": [], "ood_sets": []}}, evals) == (ID_SETS, OOD_SETS)  # the testbed
+
+
+def test_base_models_are_more_runs_and_other_items_another_section(tmp_path):
+    """Two pretrained bases with the same seed are two runs, each paired with its own base; jobs
+    evaluated on other items (the validation split) are never pooled with the test jobs."""
+    low, high = [0] * 40, [1, 0] * 20
+    jobs = [_job(tmp_path, f"v{m}", "vanilla", 0.5, 0, "SFT1", {"Base": base, "SFT1": [1] * 40}, model=m)
+            for m, base in (("testbed", low), ("testbed-seed3", high))]
+    text = report(jobs, boot=200)
+    assert "| vanilla final − Base | 2 | +75.0 [" in text  # (100 + 50) / 2: each run against its own base
+    assert "####" not in text
+    jobs.append(_job(tmp_path, "val", "vanilla", 0.5, 0, "SFT1", {"Base": low, "SFT1": low}, split="validation"))
+    sections = report(jobs, boot=200).split("#### ")[1:]
+    assert [s.split(",")[1].strip() for s in sections] == ["test split", "validation split"]
+    assert "| vanilla final − Base | 2 | +75.0" in sections[0]
+    assert "| vanilla final − Base | 1 | +0.0 [+0.0, +0.0]" in sections[1]
+
+
+def test_a_stopped_job_is_left_out(tmp_path):
+    """A job stopped before its last iteration has only its first evaluations: it is no final model."""
+    base = [0] * 40
+    done = _job(tmp_path, "done", "imm", 0.5, 0, "Merge2", {"Base": base, "Merge1": base, "Merge2": [1] * 40})
+    stopped = _job(tmp_path, "stopped", "imm", 0.5, 1, "Merge2", {"Base": base, "Merge1": base})
+    assert "| imm (α 0.5) final − Base | 1 | +100.0" in report([done, stopped], boot=100)
