@@ -167,8 +167,9 @@ class _Stages:
                        | chance_corrected(self.base_items, items, self.chance, self.groups))
         self.last_items = items
         self.folder.mkdir(parents=True, exist_ok=True)  # per-item results by model, for paired statistics
-        write_jsonl(self.folder / f"{label.replace(' ', '')}.jsonl",
-                    [{k: r[k] for k in ("set", "index", "right", "steps") if k in r} for r in items])
+        path = self.folder / f"{label.replace(' ', '')}.jsonl"
+        write_jsonl(path, [{k: r[k] for k in ("set", "index", "right", "steps") if k in r} for r in items])
+        self.tracker.artifact(path, "evaluations")  # the report's paired statistics read them from MLflow
         self.result.rows.append((label, metrics))
         self.tracker.metrics({f"eval/{kind}/{k}": v for k, v in metrics.items()}, step)
         log.info("%s: ID %.3f  OOD %.3f", label, metrics.get("id", float("nan")), metrics.get("ood", float("nan")))

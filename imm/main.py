@@ -124,6 +124,9 @@ def main(dcfg: DictConfig) -> float:
         from imm import loop  # torch, transformers and the stages: not loaded for a dry run
 
         result = loop.run(cfg, tracker, out, store)
+        (out / "results.json").write_text(json.dumps(  # what the job measured, readable without MLflow
+            {"rows": [{"label": label, **metrics} for label, metrics in result.rows],
+             "kept": [{"iteration": t, **shares} for t, shares in result.kept], "seconds": result.seconds}, indent=1))
         plot = summary.plot(result.rows, out / "iterations.png", f"{name} on {cfg.dataset.name}")
         tracker.artifact(plot, "plots")
         tracker.metrics({f"time/{k}_s": v for k, v in result.seconds.items()}, cfg.run.iterations)

@@ -1,10 +1,12 @@
-"""The report: paper-style tables and figures from the runs in MLflow (never from run folders).
+"""The report: paper-style tables and figures from the runs in MLflow (from job folders only for jobs
+run without tracking, with --jobs).
 
     python -m imm.report                                   # every experiment in sqlite:///outputs/mlflow.db
     python -m imm.report --experiment imm-testbed-testbed --sweep-id 2025-01-31_12-00-00
     python -m imm.report --filter p=0.1 --alpha 0.5 --method imm --out outputs/reports/main
     python -m imm.report --tracking-uri http://127.0.0.1:5000 --no-log
     python -m imm.report --iteration 1 --alpha-convention paper   # first-iteration baselines, Table 3's α
+    python -m imm.report --jobs outputs/jobs/* --no-log          # jobs run with tracking.enabled=false
 
 Writes to --out (default outputs/reports/<name>, name defaulting to the time):
   alpha_table.{md,csv,tex}   α ablation (paper Table 3): rows = test sets, columns = α, final merged pass@1;
@@ -22,6 +24,12 @@ Writes to --out (default outputs/reports/<name>, name defaulting to the time):
   passk.png, passk.csv       Figs 8/13, where runs logged pass@k (eval.n > 1)
   schedules.{md,csv}, kl_ood.{png,csv}   per merge schedule, rule and α: final ID/OOD, KL to the base,
                              answer diversity, forgetting; OOD against KL over runs (imm/report/schedules.py)
+  paired.md                  paired differences with 95% intervals over test items × runs (bootstrap), p-values,
+                             Holm's correction across α: each final model against its base and the methods
+                             against each other, one section per evaluation setting (imm/report/paired.py)
+  mechanism.{md,csv}         testbed: what the models write out of domain at every stage (no answer, ran to
+                             limit, first number copied, product written, equations against steps needed,
+                             right procedure, forms), mean ± std over seeds (imm/report/mechanism_rates.py)
   report.html                the tables and figures on one page (images inlined)
 Only FINISHED runs count (the others are reported as skipped); a rerun of a grid point replaces it.
 Unless --no-log, the folder is also logged as artifacts of a run named "report" in experiment "imm-reports".
@@ -34,7 +42,10 @@ import time
 from pathlib import Path
 
 from imm.report import baselines
+from imm.report import folders as job_folders
 from imm.report import html
+from imm.report import mechanism_rates
+from imm.report import paired
 from imm.report import plots
 from imm.report import reasoning
 from imm.report import render
@@ -88,6 +99,35 @@ def _record(client, run, experiment: str) -> RunRecord:
             metrics[tables.canonical_key(key)] = {m.step: m.value for m in hist}
     return RunRecord(run.info.run_id, run.info.status, experiment, run.info.start_time or 0,
                      dict(run.data.tags), dict(run.data.params), metrics)
+
+
+def evaluation_folders(uri: str, runs: list[RunRecord], dst: Path) -> list[Path]:
+    """Each run's per-item evaluations (artifacts ``evaluations/*.jsonl``) and config, downloaded into
+    ``dst/<run id>`` for the paired statistics; runs that logged none (older ones) are left out."""
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+
+    folders = []
+    for run in runs:
+        folder = dst / run.run_id
+        if not (folder / "evaluations").is_dir():
+            try:
+                for path in ("config.yaml", "evaluations"):
+                    download_artifacts(run_id=run.run_id, artifact_path=path, dst_path=str(folder), tracking_uri=uri)
+            except (MlflowException, OSError):
+                continue
+        folders.append(folder)
+    return folders
+
+
+def write_paired(folders: list[Path], out: Path) -> tuple[list[Path], str]:
+    """paired.md: paired differences with 95% intervals over test items × runs (imm/report/paired.py)."""
+    if not folders:
+        return [], ""
+    md = paired.report(folders)
+    (out / "paired.md").write_text("### Paired differences (points; 95% interval over test items × runs, "
+                                   f"p, Holm across α)\n\n{md}\n")
+    return [out / "paired.md"], md
 
 
 def log_report(uri: str, out: Path, tags: dict[str, str]) -> str:
@@ -192,15 +232,19 @@ def build(runs: list[RunRecord], out: Path, method: str, alpha: float, title: st
     paths, md = write_baselines(baselines.baselines_table(curves, iteration), out, alpha)
     files += paths
     text.append(f"baselines\n{md}")
-    header, body = stages.stage_table(curves, sets)
-    if body:
-        md = render.markdown(header, body, "pass@1 (%) of every evaluated stage; no answer and ran to limit: "
-                                           "shares (%) of answers, mean over the single sets; OOD forgotten / "
-                                           "newly solved: shares (%) of OOD items since the base model; mean ± "
-                                           "sample std over seeds")
-        (out / "stages.md").write_text(f"### Every stage\n\n{md}")
-        files += [out / "stages.md", render.write_csv(out / "stages.csv", header, body)]
-        text.append(f"every stage\n{md}")
+    for stem, title, (header, body), note in (
+            ("stages", "Every stage", stages.stage_table(curves, sets),
+             "pass@1 (%) of every evaluated stage; no answer and ran to limit: shares (%) of answers, mean over "
+             "the single sets; OOD forgotten / newly solved: shares (%) of OOD items since the base model"),
+            ("mechanism", "What the models write, every stage", mechanism_rates.mechanism_table(curves, sets),
+             "what the models write out of domain (mean over the OOD sets; product written: the multiplication "
+             "set): shares (%) of items, the equation gap in equations per item (written − needed); ID forms: "
+             "shares of ID answers")):
+        if body:
+            md = render.markdown(header, body, f"{note}; mean ± sample std over seeds")
+            (out / f"{stem}.md").write_text(f"### {title}\n\n{md}")
+            files += [out / f"{stem}.md", render.write_csv(out / f"{stem}.csv", header, body)]
+            text.append(f"{title.lower()}\n{md}")
     points = tables.iteration_points(curves, sets)
     if points:
         files.append(render.write_records(out / "iterations.csv", points))
@@ -264,6 +308,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--name", default=time.strftime("%Y-%m-%d_%H-%M-%S"), help="report name (default: the time)")
     ap.add_argument("--out", type=Path, help="output folder (default outputs/reports/<name>)")
     ap.add_argument("--no-log", action="store_true", help="do not log the report back to MLflow")
+    ap.add_argument("--jobs", nargs="+", type=Path, metavar="FOLDER",
+                    help="job folders of runs made without tracking (tracking.enabled=false): the tables from "
+                         "their results.json instead of MLflow (never logged back)")
     return ap.parse_args(argv)
 
 
@@ -272,18 +319,31 @@ def main(argv: list[str] | None = None) -> Path:
     filters = parse_filters(args.filter)
     if args.sweep_id:
         filters["sweep_id"] = args.sweep_id
-    records, experiments = load_runs(args.tracking_uri, args.experiment)
+    if args.jobs:
+        records, unfinished = job_folders.load_jobs(args.jobs)
+        experiments = ["job folders"]
+    else:
+        records, experiments = load_runs(args.tracking_uri, args.experiment)
     runs, skipped = tables.select(records, filters)
+    if args.jobs and unfinished:
+        skipped["unfinished"] = skipped.get("unfinished", 0) + unfinished
     if not runs:
         raise SystemExit(no_runs_message(experiments, filters, skipped))
     out = args.out or Path("outputs") / "reports" / args.name
     files, text = build(runs, out, args.method, args.alpha, ", ".join(experiments), args.iteration,
                         args.alpha_convention)
+    by_name = {p.name: p for p in args.jobs or []}
+    folders = ([by_name[r.run_id] for r in runs] if args.jobs
+               else evaluation_folders(args.tracking_uri, runs, out / ".evaluations"))
+    paths, md = write_paired(folders, out)
+    files += paths
+    if md:
+        text += f"\npaired differences (95% intervals over test items × runs)\n{md}"
     files.append(html.page(out, f"imm report {args.name}: {', '.join(experiments)}"))
     print(f"{len(runs)} finished runs from {', '.join(experiments)}"
           + (f"; skipped: {', '.join(f'{n} {s}' for s, n in skipped.items())}" if skipped else ""))
     print(f"\n{text}\nwrote {len(files)} files to {out}")
-    if not args.no_log:
+    if not args.no_log and not args.jobs:
         tags = {"experiments": ",".join(experiments), "filters": ",".join(f"{k}={v}" for k, v in filters.items()),
                 "runs": str(len(runs)), "report_name": args.name}
         run_id = log_report(args.tracking_uri, out, tags)

@@ -16,7 +16,8 @@ th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}img{max-widt
 TABLES = (("alpha_table.csv", "α ablation (final merged pass@1, %)"), ("summary.csv", "Methods (final pass@1, %)"),
           ("baselines.csv", "Baselines (paper Table 5: pass@1 %, kept samples' sound share)"),
           ("per_iteration.csv", "Per iteration (pass@1 %, kept samples and their step classes)"),
-          ("stages.csv", "Every stage (pass@1 %, no-answer and ran-to-limit shares, OOD items moved since the base)"))
+          ("stages.csv", "Every stage (pass@1 %, no-answer and ran-to-limit shares, OOD items moved since the base)"),
+          ("mechanism.csv", "What the models write out of domain, every stage (%)"))
 
 
 def _table(path: Path) -> str:
@@ -34,6 +35,8 @@ def page(out: Path, title: str, note: str = "") -> Path:
     for name, heading in TABLES:
         if (out / name).exists():
             parts.append(f"<h2>{html.escape(heading)}</h2>{_table(out / name)}")
+    if (out / "paired.md").exists():  # several markdown tables: shown as written
+        parts.append(f"<h2>Paired differences</h2><pre>{html.escape((out / 'paired.md').read_text())}</pre>")
     for png in sorted(out.glob("*.png")):
         data = base64.b64encode(png.read_bytes()).decode()
         parts.append(f"<h2>{html.escape(png.stem)}</h2><img alt='{png.stem}' src='data:image/png;base64,{data}'>")

@@ -70,7 +70,9 @@ def test_user_command_multirun(tmp_path):
         if method == "imm":
             assert 0.8 < run.data.metrics["merge/density"] < 1.0  # p = 0.1 drops about a tenth
         arts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"config.yaml", "samples", "plots"} <= arts
+        assert {"config.yaml", "samples", "plots", "evaluations"} <= arts
+        evaluated = {a.path for a in client.list_artifacts(run.info.run_id, "evaluations")}
+        assert {"evaluations/Base.jsonl", "evaluations/SFT2.jsonl"} <= evaluated  # per item, for paired statistics
         samples = client.download_artifacts(run.info.run_id, "samples/iter1.jsonl", str(tmp_path / run.info.run_id))
         rows = [json.loads(line) for line in open(samples)]
         kept1 = [m.value for m in client.get_metric_history(run.info.run_id, "gen/kept") if m.step == 1]
@@ -114,6 +116,37 @@ def test_grid_after_a_single_run_reports_every_alpha(tmp_path):
     assert "| α (Eq. 6: weight of the base model) | 0.1 | 0.5 | 0.9 |" in report.stdout
     header = (tmp_path / "rep" / "alpha_table.csv").read_text().splitlines()[0]
     assert header.split(",")[1:] == ["0.1", "0.5", "0.9"]
+    # paired statistics from the runs' per-item artifacts, printed and written; one run per α
+    assert "paired differences" in report.stdout
+    paired = (tmp_path / "rep" / "paired.md").read_text()
+    for alpha in ("0.1", "0.5", "0.9"):
+        assert f"| imm (α {alpha}) final − Base | 1 | " in paired
+    assert "| vanilla final − Base | 1 | " in paired and "| imm (α 0.1) − vanilla, final | 1 | " in paired
+    mechanism = (tmp_path / "rep" / "mechanism.csv").read_text().splitlines()
+    assert mechanism[0].startswith("method,stage,seeds,no answer,OOD pass@1") and len(mechanism) > 3
+
+
+def test_untracked_job_reports_from_its_folder(tmp_path):
+    """A job run with tracking off keeps what it measured in its folder; the report reads it from there
+    (--jobs) with the numbers the job printed, and leaves out a stopped job's folder."""
+    out = imm_main("method=vanilla", "tracking.enabled=false", outputs=tmp_path)
+    assert not (tmp_path / "mlflow.db").exists()
+    (job,) = (tmp_path / "jobs").iterdir()
+    results = json.loads((job / "results.json").read_text())
+    assert [r["label"] for r in results["rows"]] == ["Base", "SFT 1", "SFT 2"]
+    assert [k["iteration"] for k in results["kept"]] == [1, 2] and results["seconds"]["sft"] > 0
+    stopped = tmp_path / "jobs" / "stopped"
+    stopped.mkdir()
+    (stopped / "config.yaml").write_text((job / "config.yaml").read_text())
+    report = subprocess.run([sys.executable, "-m", "imm.report", "--jobs", str(job), str(stopped),
+                             "--out", str(tmp_path / "rep")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "1 finished runs from job folders; skipped: 1 unfinished" in report.stdout
+    sft2 = next(r for r in results["rows"] if r["label"] == "SFT 2")
+    summary = (tmp_path / "rep" / "summary.csv").read_text()
+    assert f"{100 * sft2['ood']:.1f}" in summary.splitlines()[-1]
+    assert "| vanilla final − Base | 1 | " in (tmp_path / "rep" / "paired.md").read_text()
+    assert "SFT 2 " in out.stdout
 
 
 def test_nan_loss_fails_the_run(tmp_path):
