@@ -14,6 +14,13 @@ ROOT = Path(__file__).resolve().parents[2]
 FILES = [f"dataset.files.{name}.test={ROOT / 'tests' / 'fixtures' / name / 'test.jsonl'}" for name in ("mawps", "sat_math")]
 
 
+def _count(values: str) -> int:
+    """How many values a sweeper entry holds: "a,b,c" or Hydra's range(start, stop[, step])."""
+    if values.startswith("range("):
+        return len(range(*(int(x) for x in values[len("range("):-1].split(","))))
+    return len(values.split(","))
+
+
 @pytest.mark.parametrize("sweep", sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml")))
 def test_every_sweep_composes_every_job(sweep, tmp_path):
     """A dry multirun: the grid callback composes and validates every job; each job writes its config."""
@@ -22,7 +29,7 @@ def test_every_sweep_composes_every_job(sweep, tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     params = OmegaConf.load(ROOT / "sweeps" / f"{sweep}.yaml").hydra.sweeper.params
-    expected = math.prod(len(str(v).split(",")) for v in params.values())
+    expected = math.prod(_count(str(v)) for v in params.values())
     if sweep == "baselines":  # the six methods and the three SFT interventions
         assert expected == 9
     planned = [line for line in out.stdout.splitlines() if line.startswith("job #")]
