@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from imm.methods import METHODS
 
 SUMMARY_SETS = ("id", "ood")  # the loop's means over ID and OOD sets; listed after the single sets
-SETTING_KEYS = ("model", "dataset", "p")  # tags that split runs into separate lines or rows when they vary
+# tags (and dotted params) that split runs into separate grid points, lines and rows when they vary: a run
+# on the validation split, another data seed or other ID sets is never a rerun of one on the test split
+SETTING_KEYS = ("model", "dataset", "p", "dataset.seed", "dataset.eval_split", "dataset.id_sets")
 # MLflow refuses "@" in metric names, so a run may log pass@k as pass_at_4, pass_4, pass:4, ...;
 # records keep the canonical "pass@4" spelling
 PASSK_RE = re.compile(r"^pass(?:@|_at_|_at|_|-|:)?(\d+)$")

@@ -230,6 +230,23 @@ def test_select_keeps_newest_rerun_and_one_copy_of_non_merging_runs():
     assert [r.run_id for r in select(recs, {"alpha": "0.50"})[0]] == ["b", "d"]
 
 
+def test_runs_on_other_items_are_other_grid_points_and_lines():
+    """A validation-split run is no rerun of the test-split run with the same method, α and seed; each
+    gets its own line, labelled by what differs."""
+    from imm.report.tables import method_lines
+
+    tags = {"method": "imm", "alpha": "0.9", "seed": "0"}
+    recs = [RunRecord("test", start_time=1, tags=tags, params={"dataset.eval_split": "test"}),
+            RunRecord("val", start_time=2, tags=tags, params={"dataset.eval_split": "validation"}),
+            RunRecord("ctl", start_time=3, tags=tags, params={"dataset.eval_split": "test",
+                                                               "dataset.id_sets": "['id_wide']"})]
+    runs, skipped = select(recs, {})
+    assert sorted(r.run_id for r in runs) == ["ctl", "test", "val"] and not skipped
+    labels = {setting for setting, _, _ in method_lines(runs)}
+    assert labels == {"dataset.eval_split=test, dataset.id_sets=", "dataset.eval_split=validation, dataset.id_sets=",
+                      "dataset.eval_split=test, dataset.id_sets=['id_wide']"}
+
+
 def test_stat_and_fmt():
     assert stat([None, math.nan]) is None and fmt(None) == ""
     s = stat([0.2, None, 0.4])
