@@ -38,6 +38,7 @@ Unless --no-log, the folder is also logged as artifacts of a run named "report" 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -104,6 +105,7 @@ def _record(client, run, experiment: str) -> RunRecord:
 def evaluation_folders(uri: str, runs: list[RunRecord], dst: Path) -> list[Path]:
     """Each run's per-item evaluations (artifacts ``evaluations/*.jsonl``) and config, downloaded into
     ``dst/<run id>`` for the paired statistics; runs that logged none (older ones) are left out."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file and run otherwise
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
 
