@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -335,9 +336,10 @@ def main(argv: list[str] | None = None) -> Path:
     files, text = build(runs, out, args.method, args.alpha, ", ".join(experiments), args.iteration,
                         args.alpha_convention)
     by_name = {p.name: p for p in args.jobs or []}
-    folders = ([by_name[r.run_id] for r in runs] if args.jobs
-               else evaluation_folders(args.tracking_uri, runs, out / ".evaluations"))
-    paths, md = write_paired(folders, out)
+    with tempfile.TemporaryDirectory() as tmp:  # downloads stay out of the report folder (it is logged)
+        folders = ([by_name[r.run_id] for r in runs] if args.jobs
+                   else evaluation_folders(args.tracking_uri, runs, Path(tmp)))
+        paths, md = write_paired(folders, out)
     files += paths
     if md:
         text += f"\npaired differences (95% intervals over test items × runs)\n{md}"
