@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up imm and runs the whole test suite (664 tests, about 15 minutes on 2 CPU cores).
+# Sets up imm and runs the whole test suite (676 tests, about 16 minutes on 2 CPU cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
