@@ -17,7 +17,7 @@ final model it prints:
 each with a 95% percentile interval from a two-level bootstrap (runs drawn with replacement, then
 items drawn with replacement within the draw, the same items for both models: the noise of the
 test items and of the seeds both enter), a bootstrap p-value, and for the IMM comparisons with the
-base over several α values a Holm correction (``p_holm``) across those α values.
+base over several α values (or merge rules and schedules) a Holm correction (``p_holm``) across them.
 """
 
 from __future__ import annotations
@@ -150,11 +150,22 @@ def groups(jobs: list[Path]) -> tuple[dict[tuple[str, float], dict[Unit, dict[st
         if evals and finished(cfg, evals):
             if not out:
                 sets = split_sets(cfg, evals)
-            method = cfg["method"]["name"]
-            alpha = float(cfg["merge"]["alpha"]) if method in MERGING else NO_ALPHA  # α changes no other method
+            method = line(cfg)
+            alpha = float(cfg["merge"]["alpha"]) if method.split()[0] in MERGING else NO_ALPHA  # α changes no other
             unit = ((cfg.get("model") or {}).get("name", ""), int(cfg["run"]["seed"]))
             out.setdefault((method, alpha), {})[unit] = evals
     return out, *sets
+
+
+def line(cfg: dict) -> str:
+    """A job's method as its rows name it: a merging method with another merge rule or schedule than
+    IMM's (dare_linear, once per round) carries them ("imm [della, steps]"), so grids over rules and
+    schedules keep them apart."""
+    method, merge = cfg["method"]["name"], cfg.get("merge") or {}
+    rule, schedule = merge.get("name", "dare_linear"), merge.get("schedule", "round")
+    if method not in MERGING or (rule, schedule) == ("dare_linear", "round"):
+        return method
+    return f"{method} [{rule}, {schedule}]"
 
 
 def right(r: dict) -> float:
@@ -178,13 +189,13 @@ def _report(jobs: list[Path], boot: int) -> str:
     finals: dict[tuple[str, float], tuple[list[Unit], list[list[dict]]]] = {}
     for (method, alpha), by_seed in sorted(found.items()):
         seeds = sorted(by_seed)
-        final = [by_seed[s][final_label(by_seed[s], method)] for s in seeds]
+        final = [by_seed[s][final_label(by_seed[s], method.split()[0])] for s in seeds]
         base = [by_seed[s]["Base"] for s in seeds]
         finals[(method, alpha)] = (seeds, final)
         cells = [paired_bootstrap(matrix(final, sets, right), matrix(base, sets, right), boot) for sets in (id_sets, ood_sets)]
         name = label(method, alpha)
         lines.append(f"| {name} final − Base | {len(seeds)} | {cells[0]} | {cells[0].p:.3f} | {cells[1]} | {cells[1].p:.3f} | |")
-        if method == "imm":
+        if method.split()[0] == "imm":
             imm_rows.append((len(lines) - 1, cells[1].p))
     for (i, _), p in zip(imm_rows, holm([p for _, p in imm_rows])):
         lines[i] = lines[i][:-3] + f"| {p:.3f} |"

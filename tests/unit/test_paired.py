@@ -95,3 +95,20 @@ def test_a_stopped_job_is_left_out(tmp_path):
     done = _job(tmp_path, "done", "imm", 0.5, 0, "Merge2", {"Base": base, "Merge1": base, "Merge2": [1] * 40})
     stopped = _job(tmp_path, "stopped", "imm", 0.5, 1, "Merge2", {"Base": base, "Merge1": base})
     assert "| imm (α 0.5) final − Base | 1 | +100.0" in report([done, stopped], boot=100)
+
+
+def test_merge_rules_and_schedules_are_their_own_rows(tmp_path):
+    """A grid over merge rules and schedules: each (rule, schedule) is a row of its own, IMM's default
+    keeps the plain name, and every row is in the Holm family."""
+    base = [0] * 40
+    jobs = []
+    for name, rule, schedule, final in (("d", "dare_linear", "round", [1] * 40), ("l", "lines", "steps", base)):
+        job = _job(tmp_path, name, "imm", 0.5, 0, "Merge1", {"Base": base, "Merge1": final})
+        (job / "config.yaml").write_text((job / "config.yaml").read_text().replace(
+            "merge:\n  alpha: 0.5\n", f"merge:\n  alpha: 0.5\n  name: {rule}\n  schedule: {schedule}\n"))
+        jobs.append(job)
+    text = report(jobs, boot=100)
+    assert "| imm (α 0.5) final − Base | 1 | +100.0" in text
+    assert "| imm [lines, steps] (α 0.5) final − Base | 1 | +0.0" in text
+    assert "| imm (α 0.5) − imm [lines, steps] (α 0.5), final | 1 | +100.0" in text
+    assert text.count("| 1.000 |") >= 1 and text.count("final − Base") == 2
