@@ -44,14 +44,19 @@ def grid_runs(runs: list[RunRecord]) -> list[RunRecord]:
 
 
 def schedule_table(runs: list[RunRecord]) -> tuple[list[str], list[list[str]]]:
+    """One row per (schedule, rule, α), and per drop rate p where runs of one such cell differ in it
+    (e.g. +preset=paper_code's p 0.2 beside DARE's 0.1): the rule then reads "dare_linear p=0.2"."""
     groups: dict[tuple, list[RunRecord]] = {}
     for r in grid_runs(runs):
-        groups.setdefault(label(r), []).append(r)
+        groups.setdefault((*label(r), r.tag("p")), []).append(r)
+    several_p = {key[:3] for key in groups if sum(k[:3] == key[:3] for k in groups) > 1}
     header = ["schedule", "rule", "α", "n", *(c for c, _, _ in COLUMNS)]
     body = []
-    for key, rs in sorted(groups.items()):
+    for (schedule, rule, alpha, p), rs in sorted(groups.items()):
+        if (schedule, rule, alpha) in several_p:
+            rule = f"{rule} p={p}"
         cells = [stat([value(r, m) for r in rs]) for _, m, _ in COLUMNS]
-        body.append([*key, str(len(rs)), *(cell(s, pct) for s, (_, _, pct) in zip(cells, COLUMNS))])
+        body.append([schedule, rule, alpha, str(len(rs)), *(cell(s, pct) for s, (_, _, pct) in zip(cells, COLUMNS))])
     return header, body
 
 

@@ -52,3 +52,15 @@ def test_points_carry_kl_and_ood_per_run():
     points = kl_ood_points([run(0, "round", "della", 0.5, 0, 0.3, 0.1), run(1, "final", "lines", 0.3, 1, 0.4, 0.2)])
     assert [(p["schedule"], p["rule"], p["alpha"], p["kl_forward"], p["ood"]) for p in points] == [
         ("round", "della", "0.5", 0.1, 0.3), ("final", "lines", "0.3", 0.2, 0.4)]
+
+
+def test_runs_that_differ_in_p_within_a_cell_are_rows_of_their_own():
+    """The paper-code preset (DARE p 0.2) beside DARE p 0.1, same schedule, rule and α: two rows."""
+    from imm.report.schedules import schedule_table
+
+    runs = [run(1, "round", "dare_linear", 0.5, 0, 0.1, 0.1), run(2, "round", "dare_linear", 0.5, 0, 0.3, 0.1),
+            run(3, "round", "della", 0.5, 0, 0.2, 0.1)]
+    runs[0].tags["p"], runs[1].tags["p"], runs[2].tags["p"] = "0.1", "0.2", "0.1"
+    rows = {tuple(r[:4]) for r in schedule_table(runs)[1]}
+    assert rows == {("round", "dare_linear p=0.1", "0.5", "1"), ("round", "dare_linear p=0.2", "0.5", "1"),
+                    ("round", "della", "0.5", "1")}
