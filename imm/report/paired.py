@@ -159,13 +159,15 @@ def groups(jobs: list[Path]) -> tuple[dict[tuple[str, float], dict[Unit, dict[st
 
 def line(cfg: dict) -> str:
     """A job's method as its rows name it: a merging method with another merge rule or schedule than
-    IMM's (dare_linear, once per round) carries them ("imm [della, steps]"), so grids over rules and
-    schedules keep them apart."""
+    IMM's (dare_linear, once per round) or another DARE drop rate than 0.1 carries them ("imm [della,
+    steps]", "imm [p 0.2]"), so grids over rules, schedules and presets keep them apart."""
     method, merge = cfg["method"]["name"], cfg.get("merge") or {}
-    rule, schedule = merge.get("name", "dare_linear"), merge.get("schedule", "round")
-    if method not in MERGING or (rule, schedule) == ("dare_linear", "round"):
+    rule, schedule, p = merge.get("name", "dare_linear"), merge.get("schedule", "round"), merge.get("p", 0.1)
+    if method not in MERGING:
         return method
-    return f"{method} [{rule}, {schedule}]"
+    parts = ([] if (rule, schedule) == ("dare_linear", "round") else [rule, schedule])
+    parts += [f"p {p:g}"] if rule == "dare_linear" and p != 0.1 else []  # DARE's drop rate, if not IMM's 0.1
+    return f"{method} [{', '.join(parts)}]" if parts else method
 
 
 def right(r: dict) -> float:

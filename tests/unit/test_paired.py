@@ -112,3 +112,7 @@ def test_merge_rules_and_schedules_are_their_own_rows(tmp_path):
     assert "| imm [lines, steps] (α 0.5) final − Base | 1 | +0.0" in text
     assert "| imm (α 0.5) − imm [lines, steps] (α 0.5), final | 1 | +100.0" in text
     assert text.count("| 1.000 |") >= 1 and text.count("final − Base") == 2
+    from imm.report.paired import line
+    assert line({"method": {"name": "imm"}, "merge": {"name": "dare_linear", "schedule": "round", "p": 0.2}}) == \
+        "imm [p 0.2]"
+    assert line({"method": {"name": "vanilla"}, "merge": {"name": "della", "p": 0.2}}) == "vanilla"
