@@ -27,7 +27,7 @@ from imm.config import validate
 from imm.jobplan import dry_run_data, plan_job, resources
 from imm.provenance import provenance
 from imm.store import StageStore, digest
-from imm.tracking import Tracker, source_tags
+from imm.tracking import Tracker, grid_tags, source_tags
 
 log = logging.getLogger("imm")
 NOT_IN_JOB_KEY = ("tracking", "stages", "outputs", "plan")  # where results are logged/stored, not what they are
@@ -50,16 +50,10 @@ def sweep_id() -> str:
     return Path(hc.sweep.dir).name if hc.mode.name == "MULTIRUN" else ""
 
 
-def tags(cfg, prov: dict) -> dict[str, str]:
-    """The grid point's tags, every setting the baselines sweep varies among them (method, SFT
-    intervention, mixture's history share, whether SFT restarts from the base); ``sweep_id`` is the
-    sweep that created the run (later ones add ``sweep.<id>``)."""
-    return {"method": cfg.method.name, "alpha": str(cfg.merge.alpha), "p": str(cfg.merge.p),
-            "sft_intervention": cfg.sft.intervention, "history_share": str(cfg.method.history_share),
-            "restart": str(cfg.method.restarts).lower(),
-            "model": cfg.model.name, "dataset": cfg.dataset.name, "seed": str(cfg.run.seed),
-            "merge": cfg.merge.name, "schedule": cfg.merge.schedule,
-            "sweep_id": sweep_id() or "single", "git_sha": prov["git_sha"]} | source_tags(prov["git_sha"])
+def tags(params: dict, prov: dict) -> dict[str, str]:
+    """The grid point's tags (imm.tracking.grid_tags); ``sweep_id`` is the sweep that created the run
+    (later ones add ``sweep.<id>``)."""
+    return grid_tags(params) | {"sweep_id": sweep_id() or "single", "git_sha": prov["git_sha"]} | source_tags(prov["git_sha"])
 
 
 def quiet_unused_libraries(cfg) -> None:
@@ -111,7 +105,7 @@ def main(dcfg: DictConfig) -> float:
     params = OmegaConf.to_container(dcfg, resolve=True)
     params["run"].pop("dry_run")
     quiet_unused_libraries(cfg)
-    if tracker.start(key, name, tags(cfg, prov), params, sweep_id()):
+    if tracker.start(key, name, tags(params, prov), params, sweep_id()):
         log.info("continuing job %s and its MLflow run (%s)", key, tracker.location)
     tracker.artifact(out / "config.yaml")
     tracker.artifact(out / "provenance.json")

@@ -151,6 +151,19 @@ def start_sweep_run(cfg: TrackingConfig, sweep_id: str, tags: dict[str, str]) ->
     return run_id
 
 
+def grid_tags(cfg: dict) -> dict[str, str]:
+    """A job's grid point as tags, from its resolved config: every setting the baselines sweep varies
+    among them (method, SFT intervention, mixture's history share, whether SFT restarts from the base)."""
+    from imm.methods import MethodConfig
+
+    method, merge, run = MethodConfig(**cfg["method"]), cfg["merge"], cfg["run"]
+    return {"method": method.name, "alpha": str(merge["alpha"]), "p": str(merge["p"]),
+            "sft_intervention": cfg["sft"]["intervention"], "history_share": str(method.history_share),
+            "restart": str(method.restarts).lower(), "model": cfg["model"]["name"],
+            "dataset": cfg["dataset"]["name"], "seed": str(run["seed"]), "merge": merge["name"],
+            "schedule": merge["schedule"]}
+
+
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in d.items():

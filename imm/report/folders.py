@@ -15,22 +15,11 @@ from pathlib import Path
 
 import yaml
 
-from imm.methods import MethodConfig
 from imm.report.tables import RunRecord, canonical_key
-from imm.tracking import flatten
+from imm.tracking import flatten, grid_tags
 
 LABEL = re.compile(r"^(Base|SFT|Merge)\s*(\d*)")
 KINDS = {"Base": "base", "SFT": "sft", "Merge": "merged"}
-
-
-def job_tags(cfg: dict) -> dict[str, str]:
-    """The tags imm.main gives a job's MLflow run, from its config (imm.main.tags less provenance)."""
-    method, merge, run = MethodConfig(**cfg["method"]), cfg["merge"], cfg["run"]
-    return {"method": method.name, "alpha": str(merge["alpha"]), "p": str(merge["p"]),
-            "sft_intervention": cfg["sft"]["intervention"], "history_share": str(method.history_share),
-            "restart": str(method.restarts).lower(), "model": cfg["model"]["name"],
-            "dataset": cfg["dataset"]["name"], "seed": str(run["seed"]), "merge": merge["name"],
-            "schedule": merge["schedule"], "sweep_id": "single"}
 
 
 def record(job: Path) -> RunRecord | None:
@@ -53,7 +42,7 @@ def record(job: Path) -> RunRecord | None:
             if key != "iteration" and isinstance(value, (int, float)):
                 metrics.setdefault(f"gen/{key}", {})[int(kept["iteration"])] = float(value)
     return RunRecord(job.name, "FINISHED", "jobs", int((job / "results.json").stat().st_mtime * 1000),
-                     job_tags(cfg), flatten(cfg), metrics)
+                     grid_tags(cfg) | {"sweep_id": "single"}, flatten(cfg), metrics)
 
 
 def load_jobs(paths: list[Path]) -> tuple[list[RunRecord], int]:

@@ -9,8 +9,8 @@ procedure (right operations on its numbers, arithmetic aside), and which written
 from __future__ import annotations
 
 from imm.report.render import fmt
-from imm.report.stages import _mean_over_sets
-from imm.report.tables import SUMMARY_SETS, RunRecord, method_lines, metric_at, stat
+from imm.report.stages import mean_over_sets, stage_rows
+from imm.report.tables import SUMMARY_SETS, RunRecord, metric_at, stat
 
 # (column, metric under eval/<kind>/): shares, shown in %; OOD readings are the mean over the OOD sets
 COLUMNS = (("OOD pass@1", "ood"), ("ran to limit", "ood/ran_to_limit"), ("copies first number", "ood/copies_first"),
@@ -33,17 +33,11 @@ def mechanism_table(records: list[RunRecord], sets: list[str]) -> tuple[list[str
     ood_sets = [s for s in sets if s not in SUMMARY_SETS and not s.startswith("id")]
     header = ["method", "stage", "seeds", "no answer", *[name for name, _ in COLUMNS]]
     body = []
-    for setting, line, runs in method_lines(records):
-        name = f"{line} ({setting})" if setting else line
-        if not any(metric_at(r, "eval/base/ood/right_procedure", 0) is not None for r in runs):
+    for name, runs, stage, kind, step in stage_rows(records):
+        if all(metric_at(r, f"eval/{kind}/ood/right_procedure", step) is None for r in runs):
             continue
-        steps = sorted({s for r in runs for s in r.metrics.get("eval/sft/id", {}) if s > 0})
-        kinds = [("SFT", "sft"), ("Merge", "merged")] if runs[0].merges else [("SFT", "sft")]
-        for stage, kind, step in [("Base", "base", 0)] + [(f"{n} {t}", k, t) for t in steps for n, k in kinds]:
-            if all(metric_at(r, f"eval/{kind}/ood/right_procedure", step) is None for r in runs):
-                continue
-            no_answer = stat([_mean_over_sets(r, kind, ood_sets, "no_answer", step) for r in runs])
-            cells = [_cell(key, stat([metric_at(r, f"eval/{kind}/{key}", step) for r in runs])) for _, key in COLUMNS]
-            seeds = sum(metric_at(r, f"eval/{kind}/ood", step) is not None for r in runs)
-            body.append([name, stage, str(seeds), fmt(no_answer), *cells])
+        no_answer = stat([mean_over_sets(r, kind, ood_sets, "no_answer", step) for r in runs])
+        cells = [_cell(key, stat([metric_at(r, f"eval/{kind}/{key}", step) for r in runs])) for _, key in COLUMNS]
+        seeds = sum(metric_at(r, f"eval/{kind}/ood", step) is not None for r in runs)
+        body.append([name, stage, str(seeds), fmt(no_answer), *cells])
     return header, body
