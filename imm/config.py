@@ -39,6 +39,7 @@ class RunConfig:
     # model keeps nothing, and SFT and merging must still run). Never set it for a real experiment.
     rehearsal_gold: bool = False
     kl_prompts: int = 32  # held-out prompts per test set for the KL to the base each round (imm.analysis.divergence); 0 = off
+    evaluate: str = "all"  # all: the base and every SFT and merged model | final: the base and the job's last model only
 
 
     def __post_init__(self) -> None:
@@ -46,6 +47,8 @@ class RunConfig:
             raise ValueError(f"run.iterations={self.iterations} must be >= 1")
         if self.kl_prompts < 0:
             raise ValueError(f"run.kl_prompts={self.kl_prompts} must be >= 0")
+        if self.evaluate not in ("all", "final"):
+            raise ValueError(f"run.evaluate={self.evaluate!r} must be 'all' or 'final'")
 
 
 @dataclass

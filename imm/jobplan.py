@@ -80,7 +80,9 @@ def plan_job(cfg, res: Resources, label: str = "job") -> Plan:
     plan.host_gb = pc.host_overhead_gb + arch.params * BYTES[m.dtype] / GB * (1 if zero3 or res.gpus <= 1 else res.gpus)
 
     rows = split_rows(cfg.dataset)
-    evals = 1 + (1 if cfg.method.merges else 0)
+    evals = 1 + (1 if cfg.method.merges else 0)  # models evaluated per iteration
+    if cfg.run.evaluate == "final":  # one model in the whole job (the base is first_eval)
+        evals = 1 / cfg.run.iterations
     kept = rows["train"] * g.k  # an upper bound: every sample kept
     plan.tokens = {"generated": rows["train"] * g.k * g.max_new_tokens,
                    "evaluated": evals * cfg.eval.n * cfg.eval.max_new_tokens * sum(v for k, v in rows.items() if k != "train"),

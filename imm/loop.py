@@ -6,6 +6,7 @@
         θ_sft = SFT(current model, rows)                   # response-only loss; star: SFT(base model, rows)
         θ_m   = α·θ + (1−α)·(θ_prev + DARE(θ_sft − θ_prev)) # imm / iimm only (iimm: per-layer scales)
         evaluate θ_sft (and θ_m) on the ID and OOD test sets, and per item against the base model
+                                                           # run.evaluate=final: the base and the last model only
 
 merge.schedule moves the merge (imm/merge/schedule.py): ``round`` as above; ``final`` after the
 last round only (the rounds before run as vanilla); ``steps`` inside SFT, every merge.every steps.
@@ -68,6 +69,7 @@ def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
     model, history = base, []
     prev = base  # θ_prev: the last merged model (the base before any merge)
     schedule = cfg.merge.schedule if cfg.method.merges else "none"
+    every = cfg.run.evaluate == "all"  # final: the base and the last model only (run.evaluate)
     for t in range(cfg.run.iterations):
         step = t + 1
         start = sft_start(cfg.method, base, model)
@@ -81,13 +83,21 @@ def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
         data_key, rows = steps.trainset_stage(ctx, history)
         log.info("iteration %d: kept %d/%d samples (yield %.3f), %d/%d questions covered; training on %d",
                  step, y["kept"], y["sampled"], y["yield"], y["covered"], y["questions"], len(rows))
+        merges = cfg.method.merges and merges_after(cfg.merge, t, cfg.run.iterations)
+        last = step == cfg.run.iterations
         if not rows:
             log.warning("iteration %d kept no sample: the model is left unchanged this iteration", step)
             tracker.metrics({"sft/skipped": 1.0}, step)
-            previous = result.rows[-1][1]
-            stage.record(f"SFT {step} (=)", "sft", step, previous, stage.last_items)
-            if cfg.method.merges and merges_after(cfg.merge, t, cfg.run.iterations):
-                stage.record(f"Merge {step} (=)", "merged", step, previous, stage.last_items)
+            if every:
+                previous, items = result.rows[-1][1], stage.last_items
+            elif last:  # only the base was evaluated: the unchanged model is the job's last
+                with stage("evaluate", step):
+                    previous, items = evaluate(model)
+            else:
+                continue
+            stage.record(f"SFT {step} (=)", "sft", step, previous, items)
+            if merges:
+                stage.record(f"Merge {step} (=)", "merged", step, previous, items)
             continue
 
         scales = None
@@ -102,22 +112,24 @@ def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
             tuned, stats = steps.sft_stage(ctx, start, data_key, rows, t, base if schedule == "steps" else None)
         result.lineage.append({"stage": "sft", "step": step, "model": start.key, "out": tuned.key})
         tracker.metrics(_flat(stats, "sft/") | {"sft/rows": len(rows)}, step)
-        with stage("evaluate", step):
-            stage.record(f"SFT {step}", "sft", step, *evaluate(tuned))
+        if every or (last and not merges):
+            with stage("evaluate", step):
+                stage.record(f"SFT {step}", "sft", step, *evaluate(tuned))
         _link(out / f"sft{step}", tuned.path)
         if cfg.run.layer_analysis:  # Eq. 4: how far SFT moved each layer this iteration
             moved = weight_change(steps.local_dir(start.path), tuned.path)
             tracker.metrics({f"weight_change/layer{n}": v for n, v in moved.items()}, step)
         model = tuned  # vanilla & co. (star too) sample next from the SFT model; imm / iimm from the merged one
 
-        if cfg.method.merges and merges_after(cfg.merge, t, cfg.run.iterations):
+        if merges:
             with stage("merge", step):
                 merged, ms = steps.merge_stage(ctx, base, prev, tuned, scales, t)
             result.lineage.append({"stage": "merge", "step": step, "model": prev.key, "sft": tuned.key,
                                    "out": merged.key})
             tracker.metrics({f"merge/{k}": v for k, v in _flat(ms).items()}, step)  # totals and per tensor group
-            with stage("evaluate", step):
-                stage.record(f"Merge {step}", "merged", step, *evaluate(merged))
+            if every or last:
+                with stage("evaluate", step):
+                    stage.record(f"Merge {step}", "merged", step, *evaluate(merged))
             _link(out / f"merge{step}", merged.path)
             model = prev = merged
     tracker.metrics({"stages/executed": len(store.executed), "stages/reused": len(store.reused)}, cfg.run.iterations)

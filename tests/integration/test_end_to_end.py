@@ -149,6 +149,22 @@ def test_untracked_job_reports_from_its_folder(tmp_path):
     assert "SFT 2 " in out.stdout
 
 
+def test_evaluating_the_last_model_only(tmp_path):
+    """run.evaluate=final evaluates the base and the job's last model only, with the numbers the full
+    job gives that model (the second job reuses every stage of the first and evaluates the rest)."""
+    def rows(*args):
+        imm_main("tracking.enabled=false", *args, outputs=tmp_path)
+        (job,) = [j for j in (tmp_path / "jobs").iterdir() if f"evaluate: {args[0].split('=')[1]}" in
+                  (j / "config.yaml").read_text()]
+        return {r["label"]: r for r in json.loads((job / "results.json").read_text())["rows"]}
+
+    final = rows("run.evaluate=final")
+    assert list(final) == ["Base", "Merge 2"]
+    every = rows("run.evaluate=all")
+    assert list(every) == ["Base", "SFT 1", "Merge 1", "SFT 2", "Merge 2"]
+    assert final["Merge 2"] == every["Merge 2"] and final["Base"] == every["Base"]
+
+
 def test_nan_loss_fails_the_run(tmp_path):
     out = imm_main("method=vanilla", "sft.lr=1e30", "sft.max_grad_norm=0", outputs=tmp_path, check=False)
     assert out.returncode != 0
@@ -192,3 +208,11 @@ def test_distillation_teacher_that_keeps_nothing(tmp_path, tiny_model):
     base = run.data.metrics["eval/base/id"]
     assert [m.value for m in client.get_metric_history(run.info.run_id, "eval/sft/id")] == [base, base]
     assert "teacher.path" in run.data.params
+    # evaluating the last model only: the unchanged student is evaluated once, after the last iteration
+    imm_main("method=imm", "+model@teacher=testbed", f"teacher.path={tiny_model}", "teacher.name=random",
+             "run.evaluate=final", outputs=tmp_path)
+    _, runs = runs_of(tmp_path)
+    (last,) = [r for r in runs if r.data.params["run.evaluate"] == "final"]
+    for kind in ("sft", "merged"):
+        history = client.get_metric_history(last.info.run_id, f"eval/{kind}/id")
+        assert [(m.step, m.value) for m in history] == [(2, base)]

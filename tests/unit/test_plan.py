@@ -93,6 +93,14 @@ def test_an_undersized_host_or_time_limit_is_refused():
     assert any("host memory" in p for p in problems) and any(p.startswith("time") for p in problems)
 
 
+def test_evaluating_the_last_model_only_plans_one_evaluation():
+    every = plan_for(SLURM_8, "model=qwen2.5-0.5b-instruct", "dataset=gsm8k")
+    final = plan_for(SLURM_8, "model=qwen2.5-0.5b-instruct", "dataset=gsm8k", "run.evaluate=final")
+    # IMM evaluates 2 models a round; final-only 1 in the job's 3 rounds
+    assert final.tokens["evaluated"] * 3 * 2 == pytest.approx(every.tokens["evaluated"])
+    assert final.hours < every.hours
+
+
 def test_slurm_resources_are_read_from_the_launcher():
     cfg = compose_cfg("hydra/launcher=slurm_8gpu", hydra=True)
     res = resources(cfg.hydra.launcher, validate(compose_cfg()).plan)
