@@ -15,12 +15,15 @@ Every pull goes through the same rule registry (``imm.merge.rules``) as a round'
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 
 from imm.merge.engine import Checkpoint
 from imm.merge.rules import MergeConfig, merge_blocks, num_layers, tensor_alpha_scale
+
+log = logging.getLogger(__name__)
 
 
 def merges_after(cfg: MergeConfig, t: int, iterations: int) -> bool:
@@ -56,6 +59,10 @@ class StepPull:
     def __call__(self, model, step: int, total: int) -> None:
         if step == 0:
             self.start(model)
+            if total < self.cfg.every:
+                log.warning("merge.schedule=steps: round %d has %d optimizer steps, fewer than merge.every=%d: "
+                            "no pull toward the base this round (lower merge.every)", self.iteration + 1, total,
+                            self.cfg.every)
             return
         if step % self.cfg.every:
             return

@@ -145,6 +145,22 @@ def test_pull_matches_float64_reference(tmp_path, name, p):
     assert pull.stats() == {"pulls": 2, "pull_beta": 0.25}
 
 
+def test_a_round_too_short_to_pull_is_named(tmp_path, caplog):
+    """A round with fewer optimizer steps than merge.every is not pulled at all: the log says so."""
+    net, _ = model_and_base(tmp_path)
+    before = set_weights(net, 1)
+    pull = StepPull(MergeConfig(name="task_arithmetic", schedule="steps", every=8), tmp_path / "base", iteration=0)
+    with caplog.at_level("WARNING"):
+        for step in range(3):
+            pull(net, step, 2)
+    assert "round 1 has 2 optimizer steps, fewer than merge.every=8" in caplog.text
+    assert pull.stats()["pulls"] == 0
+    assert all(torch.equal(p.double(), before[n]) for n, p in net.named_parameters())
+    caplog.clear()
+    StepPull(MergeConfig(name="task_arithmetic", schedule="steps", every=2), tmp_path / "base", 0)(net, 0, 2)
+    assert "fewer than" not in caplog.text
+
+
 # ---- stage keys: what the schedules share -----------------------------------------------------------
 
 def test_schedule_settings_leave_sft_and_merge_keys_alone_unless_they_pull():
