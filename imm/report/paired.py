@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from imm.report.tables import schedule_label
+
 ID_SETS, OOD_SETS = ("id_addsub",), ("ood_wording", "ood_mult", "ood_multistep")  # the testbed's
 MERGING, NO_ALPHA = ("imm", "iimm"), -1.0  # methods whose jobs differ by α; the key of the others
 
@@ -162,7 +164,8 @@ def line(cfg: dict) -> str:
     IMM's (dare_linear, once per round) or another DARE drop rate than 0.1 carries them ("imm [della,
     steps]", "imm [p 0.2]"), so grids over rules, schedules and presets keep them apart."""
     method, merge = cfg["method"]["name"], cfg.get("merge") or {}
-    rule, schedule, p = merge.get("name", "dare_linear"), merge.get("schedule", "round"), merge.get("p", 0.1)
+    rule, p = merge.get("name", "dare_linear"), merge.get("p", 0.1)
+    schedule = schedule_label(merge.get("schedule", "round"), merge.get("every", ""))
     if method not in MERGING:
         return method
     parts = ([] if (rule, schedule) == ("dare_linear", "round") else [rule, schedule])

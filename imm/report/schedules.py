@@ -17,7 +17,7 @@ import statistics
 from pathlib import Path
 
 from imm.report import render
-from imm.report.tables import RunRecord, final_kind, metric_at, stat
+from imm.report.tables import RunRecord, final_kind, metric_at, schedule_label, stat
 
 # (column, metric under eval/<final kind>/ or a gen/ key, shown in percent)
 COLUMNS = (("ID", "id", True), ("OOD", "ood", True), ("OOD verified", "ood/verified", True),
@@ -36,7 +36,8 @@ def label(rec: RunRecord) -> tuple[str, str, str]:
     """(schedule, rule, α) of a merging run; ("none", method, "–") otherwise."""
     if not rec.merges:
         return "none", rec.line, "–"
-    return rec.tag("schedule") or "round", rec.tag("merge") or "dare_linear", f"{rec.alpha:g}"
+    schedule = schedule_label(rec.tag("schedule") or "round", rec.params.get("merge.every", ""))
+    return schedule, rec.tag("merge") or "dare_linear", f"{rec.alpha:g}"
 
 
 def grid_runs(runs: list[RunRecord]) -> list[RunRecord]:

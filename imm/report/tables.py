@@ -145,11 +145,18 @@ def select(records: list[RunRecord], filters: dict[str, str]) -> tuple[list[RunR
     return sorted(latest.values(), key=lambda r: r.start_time), skipped
 
 
+def schedule_label(schedule: str, every: object) -> str:
+    """A merge schedule as the report names it: ``steps`` with another pull interval than merge.every's
+    default 8 carries it ("steps every 2"), so runs that pull at other intervals stay apart."""
+    return f"steps every {every}" if schedule == "steps" and str(every) not in ("", "8") else schedule
+
+
 def grid_point(rec: RunRecord) -> tuple:
     # α does not change a non-merging run, so a method × α sweep holds copies of it: keep one per seed
     alpha = rec.tag("alpha") if rec.merges else ""
     share = rec.tag("history_share") if rec.method == "mixture" else ""  # only mixture reads it
-    rule = (rec.tag("merge"), rec.tag("schedule")) if rec.merges else ("", "")  # merge rule and schedule
+    rule = (rec.tag("merge"), schedule_label(rec.tag("schedule"), rec.params.get("merge.every", ""))) \
+        if rec.merges else ("", "")  # merge rule and schedule
     return (rec.experiment, rec.line, alpha, share, *(rec.tag(k) for k in SETTING_KEYS), *rule, rec.tag("seed"))
 
 

@@ -116,3 +116,6 @@ def test_merge_rules_and_schedules_are_their_own_rows(tmp_path):
     assert line({"method": {"name": "imm"}, "merge": {"name": "dare_linear", "schedule": "round", "p": 0.2}}) == \
         "imm [p 0.2]"
     assert line({"method": {"name": "vanilla"}, "merge": {"name": "della", "p": 0.2}}) == "vanilla"
+    steps = {"name": "task_arithmetic", "schedule": "steps"}
+    assert line({"method": {"name": "imm"}, "merge": steps | {"every": 2}}) == "imm [task_arithmetic, steps every 2]"
+    assert line({"method": {"name": "imm"}, "merge": steps | {"every": 8}}) == "imm [task_arithmetic, steps]"

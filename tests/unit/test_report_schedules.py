@@ -64,3 +64,17 @@ def test_runs_that_differ_in_p_within_a_cell_are_rows_of_their_own():
     rows = {tuple(r[:4]) for r in schedule_table(runs)[1]}
     assert rows == {("round", "dare_linear p=0.1", "0.5", "1"), ("round", "dare_linear p=0.2", "0.5", "1"),
                     ("round", "della", "0.5", "1")}
+
+
+def test_steps_runs_that_pull_at_other_intervals_are_points_and_rows_of_their_own():
+    """merge.every 2 beside the default 8 under the steps schedule: two grid points, two rows; under
+    round (no pull) the interval changes nothing and a second run is a rerun."""
+    runs = [run(i, schedule, "dare_linear", 0.5, 0, 0.1 * i, 0.1, merged=schedule != "steps")
+            for i, schedule in enumerate(("steps", "steps", "round", "round"))]
+    for r, every in zip(runs, ("8", "2", "8", "2")):
+        r.params["merge.every"] = every
+    kept, skipped = select(runs, {})
+    assert [r.run_id for r in kept] == ["r0", "r1", "r3"] and skipped == {"rerun": 1}
+    rows = {tuple(r[:4]) for r in schedule_table(kept)[1]}
+    assert rows == {("steps", "dare_linear", "0.5", "1"), ("steps every 2", "dare_linear", "0.5", "1"),
+                    ("round", "dare_linear", "0.5", "1")}
