@@ -235,7 +235,7 @@ def build(runs: list[RunRecord], out: Path, method: str, alpha: float, title: st
     paths, md = write_baselines(baselines.baselines_table(curves, iteration), out, alpha)
     files += paths
     text.append(f"baselines\n{md}")
-    for stem, title, (header, body), note in (
+    for stem, heading, (header, body), note in (
             ("stages", "Every stage", stages.stage_table(curves, sets),
              "pass@1 (%) of every evaluated stage; no answer and ran to limit: shares (%) of answers, mean over "
              "the single sets; OOD forgotten / newly solved: shares (%) of OOD items since the base model"),
@@ -245,9 +245,9 @@ def build(runs: list[RunRecord], out: Path, method: str, alpha: float, title: st
              "shares of ID answers")):
         if body:
             md = render.markdown(header, body, f"{note}; mean ± sample std over seeds")
-            (out / f"{stem}.md").write_text(f"### {title}\n\n{md}")
+            (out / f"{stem}.md").write_text(f"### {heading}\n\n{md}")
             files += [out / f"{stem}.md", render.write_csv(out / f"{stem}.csv", header, body)]
-            text.append(f"{title.lower()}\n{md}")
+            text.append(f"{heading.lower()}\n{md}")
     points = tables.iteration_points(curves, sets)
     if points:
         files.append(render.write_records(out / "iterations.csv", points))

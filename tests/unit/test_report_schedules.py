@@ -78,3 +78,13 @@ def test_steps_runs_that_pull_at_other_intervals_are_points_and_rows_of_their_ow
     rows = {tuple(r[:4]) for r in schedule_table(kept)[1]}
     assert rows == {("steps", "dare_linear", "0.5", "1"), ("steps every 2", "dare_linear", "0.5", "1"),
                     ("round", "dare_linear", "0.5", "1")}
+
+
+def test_the_report_title_reaches_the_schedule_figure(tmp_path, monkeypatch):
+    """The tables' own headings do not replace the report's title on the figures drawn after them."""
+    from imm.report import cli, schedules
+    seen = []
+    monkeypatch.setattr(schedules, "kl_ood_figure", lambda points, out, title: (seen.append(title), (out, ""))[1])
+    runs = [run(i, "round", "della", 0.5, i, 0.1 * i, 0.1 * i) for i in range(3)]
+    cli.build(runs, tmp_path, "imm", 0.5, "my grid")
+    assert seen == ["my grid"]
