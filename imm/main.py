@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from imm.report import console as summary
 from imm.config import validate
-from imm.jobplan import dry_run_data, plan_job, resources
+from imm.plan.job import dry_run_data, plan_job, resources
 from imm.provenance import provenance
 from imm.store import StageStore, digest
 from imm.tracking import Tracker, grid_tags, source_tags

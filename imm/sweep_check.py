@@ -47,9 +47,9 @@ def grid(cfg: DictConfig) -> list[list[str]]:
 
 
 def refuse_unplanned(config: DictConfig, jobs: list[list[str]], typed: list) -> None:
-    """Print every job's resource plan (imm/jobplan.py); stop the grid, with nothing launched, when any
+    """Print every job's resource plan (imm/plan/job.py); stop the grid, with nothing launched, when any
     job does not fit what it asks for."""
-    from imm.jobplan import plan_job, resources
+    from imm.plan.job import plan_job, resources
 
     common = set.intersection(*(set(o) for o in jobs)) if jobs else set()
     plans = [plan_job(c, resources(config.hydra.launcher, c.plan), f"job #{i} ({' '.join(x for x in o if x not in common)})")

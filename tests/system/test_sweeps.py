@@ -1,5 +1,5 @@
 """Every shipped sweep file runs as a dry multirun: each job of its grid composes, validates and is planned
-(imm/jobplan.py); a local grid's jobs are written, a SLURM grid's dry run submits nothing."""
+(imm/plan/job.py); a local grid's jobs are written, a SLURM grid's dry run submits nothing."""
 
 import math
 import subprocess

@@ -1,5 +1,5 @@
 """The resource plan: model sizes from architecture numbers, the memory model, and the refusals of jobs
-that do not fit what they ask for (imm/plan.py, imm/jobplan.py, the grid check).
+that do not fit what they ask for (imm/plan/memory.py, imm/plan/job.py, the grid check).
 
     python -m pytest tests/unit/test_plan.py
 """
@@ -14,9 +14,9 @@ from hydra import compose, initialize_config_dir
 from safetensors import safe_open
 
 from imm.config import validate
-from imm.jobplan import plan_job, resources
+from imm.plan.job import plan_job, resources
 from imm.models import asset_path
-from imm.plan import ARCHITECTURES, Arch, Resources, architecture, sft_memory
+from imm.plan.memory import ARCHITECTURES, Arch, Resources, architecture, sft_memory
 from imm.sweep_check import grid, refuse_unplanned
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,7 +143,7 @@ def test_an_undersized_grid_is_refused_before_launch():
 
 def test_a_dry_run_loads_local_files_and_refuses_a_leak(tmp_path, capsys):
     from imm.data import DatasetConfig
-    from imm.jobplan import dry_run_data
+    from imm.plan.job import dry_run_data
 
     fix = ROOT / "tests" / "fixtures" / "gsm8k"
     ds = DatasetConfig(name="gsm8k", kind="benchmarks", train_set="gsm8k", test_sets=["gsm8k"], n_train=0, n_test=0,

@@ -1,4 +1,4 @@
-"""One job's plan from its config and the resources it asked for (imm/plan.py holds the memory model).
+"""One job's plan from its config and the resources it asked for (imm/plan/memory.py holds the memory model).
 
 ``run.dry_run=true`` prints it for a single run; the grid check (imm/sweep_check.py) prints one line a
 job before launching and refuses the grid, with the numbers, when any job does not fit:
@@ -13,7 +13,7 @@ from typing import Any
 
 from imm.data import DatasetConfig
 from imm.models import resolve_device
-from imm.plan import GB, BYTES, Plan, PlanConfig, Resources, architecture, sample_memory, sft_memory
+from imm.plan.memory import GB, BYTES, Plan, PlanConfig, Resources, architecture, sample_memory, sft_memory
 
 # Rows of the hub splits imm loads (train split of the training set, test split of the others), for a
 # plan without the data at hand; a local file is counted instead. mawps and sat_math have no hub split.
@@ -61,7 +61,7 @@ def plan_job(cfg, res: Resources, label: str = "job") -> Plan:
     if arch is None:
         plan = Plan(label, m.device, res.gpus, 0)
         plan.problems.append(f"model.path={m.path!r}: no config.json there and not a known hub id "
-                             f"(imm/plan.py ARCHITECTURES); the plan cannot size it")
+                             f"(imm/plan/memory.py ARCHITECTURES); the plan cannot size it")
         return plan
     on_gpu = res.gpus > 0 if m.device == "auto" else resolve_device(m.device).type != "cpu"
     if res.where == "local" and m.device == "auto":
