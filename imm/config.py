@@ -22,7 +22,7 @@ from imm.sampling.engine import EngineConfig
 from imm.merge.rules import MergeConfig
 from imm.methods import MethodConfig
 from imm.models import ModelConfig, asset_path
-from imm.plan.memory import PlanConfig
+from imm.plan.job import PlanConfig
 from imm.sft.config import SFTConfig
 from imm.store import StageConfig
 from imm.tracking import TrackingConfig
@@ -65,7 +65,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     run: RunConfig = field(default_factory=RunConfig)
     stages: StageConfig = field(default_factory=StageConfig)
-    plan: PlanConfig = field(default_factory=PlanConfig)  # what the resource plan assumes (imm/plan/memory.py)
+    plan: PlanConfig = field(default_factory=PlanConfig)  # what the resource plan assumes (imm/plan/job.py)
     outputs: str = "outputs"  # root folder: run folders, the MLflow store, caches
     prompt: str = "Question: {question}\nAnswer: Let's think step by step."  # must contain {question}
 

@@ -1,20 +1,22 @@
-"""A job's resource plan before it runs: where it runs, the memory SFT and sampling need, the tokens an
-iteration generates and trains on, and GPU-hours from a stated throughput; ``problems`` says why a job
-does not fit what it asked for.
-
-    python -m imm.main run.dry_run=true model=qwen2.5-1.5b-instruct dataset=gsm8k
-    python -m imm.main -m -cd sweeps -cn self_improvement_gsm8k hydra/launcher=slurm run.dry_run=true
+"""The resource model: a model's size from its architecture numbers, the memory SFT and sampling need
+of a GPU, and how many vLLM engines a job's GPUs hold. imm/plan/job.py plans one job with it.
 
 Model sizes come from architecture numbers: a local folder's config.json, or ``ARCHITECTURES`` for the
 hub ids imm names (no hub is asked). The memory model, per GPU, in bytes (P parameters, L layers,
-hidden h, vocabulary V, s tokens a sequence, b sequences a micro-batch):
+hidden h, MLP width i, KV width kv = kv_heads·head_dim, vocabulary V, s tokens a sequence, b
+sequences a micro-batch):
 
 - SFT, one process (sft.backend=torch, or trl without DeepSpeed: one full copy per GPU): fp32 weights,
   fp32 gradients and AdamW's two fp32 moments, 16·P (bf16 autocast casts on the fly);
 - SFT on ZeRO-3 over n GPUs: bf16 weights and gradients and the fp32 master + moments, all
   partitioned, 16·P/n (ZeRO, Rajbhandari et al. 2020, §5: 2+2+K with K = 12);
-- activations without recomputation, with a fused attention kernel: 34·s·b·h·L (Korthikanti et al. 2022,
-  Eq. 1 without its 5·a·s/h attention-score term), plus the fp32 logits and their gradient 8·s·b·V;
+- activations without recomputation, with a fused attention kernel (``ACTIVATION_BYTES``): what the
+  transformers Llama / Qwen2 layers keep for the backward pass, counted tensor by tensor, per token
+  and layer c_h·h + c_kv·kv + c_i·i bytes, plus the last norm and the logits (c_V·V, with the
+  logits' gradient at the peak). Korthikanti et al. 2022's 34·h (16-bit, a 4h MLP, two LayerNorms)
+  leaves out the RMSNorms' fp32 copies and the SwiGLU MLP's third matrix: for Llama-2-7B the count
+  here is 51.5·h a layer, 1.5x theirs. tests/unit/test_plan_activations.py checks it against the
+  bytes a CPU forward pass keeps for two shapes, in float32 and under bf16 autocast;
 - sampling: the model in its storage dtype, 2·L·kv_heads·head_dim·bytes of KV cache per token.
 """
 
@@ -78,64 +80,46 @@ def architecture(path: str) -> Arch | None:
     return ARCHITECTURES.get(path)
 
 
-@dataclass
-class PlanConfig:
-    """What the plan assumes where a config does not say it (a SLURM request names no GPU model)."""
-    gpu_mem_gb: float = 80.0  # memory of one GPU (A100/H100 80 GB)
-    gpu_tflops: float = 312.0  # dense bf16 peak of one GPU (A100: 312, H100 SXM: 989)
-    train_mfu: float = 0.35  # share of the peak SFT reaches (6·P FLOPs a trained token)
-    decode_mfu: float = 0.10  # share of the peak batched decoding reaches (2·P FLOPs a token; memory-bound)
-    cpu_tokens_per_s: float = 100.0  # decoding on a CPU (a 135M model on 2 cores: ~100 new tokens/s)
-    question_tokens: int = 200  # a training row's question and template
-    shot_tokens: int = 150  # one worked example of a few-shot prompt
-    concurrency: int = 256  # sequences a vLLM engine decodes at once (its max_num_seqs)
-    overhead_gb: float = 3.0  # CUDA context, allocator slack, kernels' workspace per GPU
-    host_overhead_gb: float = 8.0  # Python, tokenizer, data, grading pool on the host
+# Bytes one token keeps for the backward pass, by how SFT computes (see the module docstring):
+# (c_h, c_kv, c_i) per layer, (c_h, c_V) for the last norm and the logits. Per layer in float32:
+# each of the two RMSNorms keeps its input, the normalised value and its output (3 h each), attention
+# q, its output and the output projection's input (3 h) and k, v (2 kv), the MLP gate, its SiLU,
+# up and their product (4 i); 4 bytes each. Under bf16 autocast the norms stay fp32 and hand a bf16
+# copy to the next matmul (2 x (4 + 4 + 2) h), the rest is bf16 (3 h, 2 kv, 4 i at 2 bytes). In bf16
+# weights (ZeRO-3) a norm's input is cast up to fp32 once (4 + 2 + 2 h). The logits: kept for the
+# loss in fp32 (float32 4 V; bf16: the bf16 logits and their fp32 copy, 6 V), and at the peak of the
+# backward pass their fp32 gradient (4 V) besides.
+ACTIVATION_BYTES: dict[str, tuple[tuple[int, int, int], tuple[int, int]]] = {
+    "float32": ((36, 8, 16), (12, 4)),
+    "autocast": ((26, 4, 8), (10, 6)),
+    "bfloat16": ((22, 4, 8), (8, 6)),
+}
+LOGITS_GRAD_BYTES = 4  # the fp32 gradient of the logits, alive at the start of the backward pass
 
 
-@dataclass
-class Resources:
-    """What a job gets: GPUs of ``gpu_mem_gb`` each, host memory and time (None = not limited/known)."""
-    where: str  # slurm | local
-    gpus: int
-    gpu_mem_gb: float
-    mem_gb: float | None = None
-    hours: float | None = None
-    requeues: int = 0  # SLURM: runs after a timeout (each resumes where the last stopped)
+def activation_bytes(arch: Arch, seq: int, batch: int, compute: str, peak: bool = True) -> float:
+    """Bytes of activations a micro-batch keeps for the backward pass (``peak``: with the logits'
+    gradient). ``compute``: float32 | autocast (bf16/fp16 over fp32 weights) | bfloat16 (16-bit weights)."""
+    (ch, ckv, ci), (head_h, head_v) = ACTIVATION_BYTES[compute]
+    kv = arch.kv_heads * arch.head_dim
+    per_token = arch.layers * (ch * arch.hidden + ckv * kv + ci * arch.intermediate) + head_h * arch.hidden \
+        + (head_v + (LOGITS_GRAD_BYTES if peak else 0)) * arch.vocab
+    return per_token * seq * batch
 
 
-@dataclass
-class Plan:
-    label: str
-    device: str
-    gpus: int
-    params: int
-    sft_gb: dict[str, float] = field(default_factory=dict)  # per GPU: weights, grads, optimizer, activations, total
-    sample_gb: dict[str, float] = field(default_factory=dict)  # weights, kv_per_seq, kv_room, sequences
-    host_gb: float = 0.0
-    tokens: dict[str, float] = field(default_factory=dict)  # per iteration: generated, evaluated, trained
-    gpu_hours: float = 0.0
-    hours: float = 0.0
-    problems: list[str] = field(default_factory=list)  # why the job does not fit: refused before launch
-    at_start: list[str] = field(default_factory=list)  # those a starting job refuses too (a large model without a GPU)
-
-    def line(self) -> str:
-        s, g = self.sft_gb, self.sample_gb
-        out = (f"{self.label}: {self.device} x{self.gpus}, {self.params / 1e9:.2f}B params | SFT {s['total']:.1f} GB/GPU "
-               f"(weights {s['weights']:.1f} + grads {s['grads']:.1f} + optimizer {s['optimizer']:.1f} + activations "
-               f"{s['activations']:.1f}) | sampling weights {g['weights']:.1f} GB, KV {g['kv_per_seq'] * 1e3:.0f} MB/seq, "
-               f"{g['sequences']:.0f} seqs fit | host {self.host_gb:.0f} GB | per iteration "
-               f"{self.tokens['generated'] / 1e6:.1f}M generated, {self.tokens['evaluated'] / 1e6:.1f}M evaluated, "
-               f"{self.tokens['trained'] / 1e6:.1f}M trained | ~{self.gpu_hours:.1f} GPU-h, ~{self.hours:.1f} h wall")
-        return out + "".join(f"\n  REFUSED: {p}" for p in self.problems)
+def sft_compute(dtype: str, zero3: bool) -> str:
+    """How SFT computes: ZeRO-3 holds 16-bit weights; otherwise fp32 master weights under autocast."""
+    if dtype == "float32":
+        return "float32"
+    return "bfloat16" if zero3 else "autocast"
 
 
-def sft_memory(arch: Arch, zero3: bool, gpus: int, batch: int, seq: int) -> dict[str, float]:
+def sft_memory(arch: Arch, zero3: bool, gpus: int, batch: int, seq: int, dtype: str = "bfloat16") -> dict[str, float]:
     """Per-GPU SFT memory in GB (see the module docstring)."""
     p = arch.params
     shards = max(1, gpus) if zero3 else 1
     weights, grads, optimizer = (2 * p, 2 * p, 12 * p) if zero3 else (4 * p, 4 * p, 8 * p)
-    act = 34 * seq * batch * arch.hidden * arch.layers + 8 * seq * batch * arch.vocab
+    act = activation_bytes(arch, seq, batch, sft_compute(dtype, zero3))
     out = {"weights": weights / shards / GB, "grads": grads / shards / GB, "optimizer": optimizer / shards / GB,
            "activations": act / GB}
     out["total"] = sum(out.values())
@@ -148,3 +132,20 @@ def sample_memory(arch: Arch, dtype: str, seq: int, room_gb: float, tp: int = 1)
     kv = arch.kv_bytes_per_token(dtype) * seq / tp / GB
     free = room_gb - weights
     return {"weights": weights, "kv_per_seq": kv, "kv_room": max(0.0, free), "sequences": max(0.0, free / kv)}
+
+
+def engine_layout(arch: Arch, dtype: str, gpus: int, room_gb: float, seq: int, tp: int = 0, replicas: int = 0,
+                  min_sequences: int = 32) -> tuple[int, int]:
+    """(engines, GPUs per engine) for sampling and evaluation on vLLM: every GPU of the job busy.
+
+    ``tp`` (engine.tensor_parallel_size) 0 = the fewest GPUs (1, 2, 4, ...) that hold the weights and
+    the KV cache of ``min_sequences`` sequences of ``seq`` tokens, each GPU having ``room_gb``; a
+    model that fits one GPU runs one engine per GPU (data parallel: no all-reduce per token).
+    ``replicas`` (engine.replicas) 0 = as many engines as the GPUs hold at that width."""
+    gpus = max(1, gpus)
+    if not tp:
+        tp = 1
+        while tp < gpus and sample_memory(arch, dtype, seq, room_gb, tp)["sequences"] < min_sequences:
+            tp *= 2
+        tp = min(tp, gpus)
+    return replicas or max(1, gpus // tp), tp

@@ -17,7 +17,8 @@ BACKENDS = ("hf", "vllm")
 class EngineConfig:
     backend: str = "hf"  # hf: transformers model + imm's batched decoding | vllm: one engine per stage (GPU)
     compile: bool = False  # hf only: static KV cache + compiled step (CUDA graphs on a GPU), rows stay in the batch
-    tensor_parallel_size: int = 1  # vllm only: GPUs one engine spans
+    tensor_parallel_size: int = 0  # vllm only: GPUs one engine spans; 0 = the fewest that hold the model (imm/plan/memory.py engine_layout)
+    replicas: int = 0  # vllm only: engines at once, each on its share of the prompts; 0 = every GPU busy
     batch_size: int = 0  # hf sampling: prompts per decoding call; 0 = chosen from the KV-cache size and memory
     gpu_memory_utilization: float = 0.9  # vllm only: share of each GPU's memory one engine may take (weights + KV cache)
 
@@ -28,8 +29,8 @@ class EngineConfig:
             raise ValueError("engine.compile applies to the hf backend (vllm captures its own CUDA graphs)")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"engine.gpu_memory_utilization={self.gpu_memory_utilization} must lie in (0, 1]")
-        if self.batch_size < 0 or self.tensor_parallel_size < 1:
-            raise ValueError("engine.batch_size must be >= 0 and engine.tensor_parallel_size >= 1")
+        if self.batch_size < 0 or self.tensor_parallel_size < 0 or self.replicas < 0:
+            raise ValueError("engine.batch_size, engine.tensor_parallel_size and engine.replicas must be >= 0")
 
     def given(self, overrides: dict) -> "EngineConfig":
         """These settings with ``overrides`` (the former generate.* names) applied, validated again."""

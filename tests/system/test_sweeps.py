@@ -36,7 +36,7 @@ def test_every_sweep_composes_every_job(sweep, tmp_path):
     if sweep == "baselines":  # the six methods and the three SFT interventions
         assert expected == 9
     planned = [line for line in out.stdout.splitlines() if line.startswith("job #")]
-    assert len(planned) == expected and all("GPU-h" in line for line in planned)
+    assert len(planned) == expected and all(("GPU-h" in line or "CPU-h" in line) for line in planned)
     written = list((tmp_path / "jobs").glob("*/config.yaml"))
     on_slurm = "hydra/launcher: slurm" in (ROOT / "sweeps" / f"{sweep}.yaml").read_text()
     assert out.stdout.count("dry run: config valid") == len(written) == (0 if on_slurm else expected)

@@ -16,7 +16,8 @@ from safetensors import safe_open
 from imm.config import validate
 from imm.plan.job import plan_job, resources
 from imm.models import asset_path
-from imm.plan.memory import ARCHITECTURES, Arch, Resources, architecture, sft_memory
+from imm.plan.job import Resources
+from imm.plan.memory import ARCHITECTURES, Arch, architecture, sft_memory
 from imm.sweep_check import grid, refuse_unplanned
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,0 +1,69 @@
+"""How fast a job's stages run: measured rates on a CPU (``CPU_RATES``), a stated share of the peak on a GPU.
+
+A CPU job's wall time is planned from ``CPU_RATES``, one row per model and dtype, measured on the
+2-core machine that runs the default job. Each rate is a stage's own wall time, what it loads and
+grades included, per token of the plan's count (imm/plan/job.py ``Workload``): new tokens sampled,
+new tokens of evaluation answers, trained tokens (a row's prompt and response, each epoch). A model
+without a row takes the nearest row of its dtype, its rates scaled by the parameter ratio; rates
+scale with the threads a job runs (model.threads, else its cores) against the row's.
+
+Re-measure a row after a speed change (the rows are all the plan reads):
+
+    time python -m imm.main hydra.run.dir=outputs/calibrate/testbed          # the job, timed
+    python -m imm.plan.calibrate outputs/calibrate/testbed                   # prints its CPU_RATES row
+    python -m imm.main run.dry_run=true                                      # the plan: "~N min wall"
+
+then paste the row below and compare the dry run's wall time with ``time``'s (tests/unit/test_plan.py
+pins what the plan does with a row, not the row's values).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class CpuRates:
+    """One model's stages on a CPU, measured in a job of its own (the command in ``measured``)."""
+    params: int  # the model's parameters (rates of another size scale by the ratio)
+    threads: int  # torch threads of the measurement
+    sample: float  # sampled new tokens a second (the generate stage: decoding, grading, loading)
+    evaluate: float  # new tokens of evaluation answers a second (the evaluate stage, KL to the base included)
+    sft: float  # trained tokens a second (the sft stage: a row's prompt + response, each epoch)
+    sample_tokens: float  # mean new tokens of a sample (samples end at their answer)
+    answer_tokens: float  # mean new tokens of a greedy evaluation answer
+    kept: float  # share of samples kept (right answers), mean over the job's rounds
+    prompt_tokens: float  # mean tokens of a training row's prompt
+    startup_s: float  # imports, data, MLflow, the tokenizer: once a job
+    stage_s: float  # each merge and each stage's bookkeeping beyond its tokens
+    measured: str = ""  # the job it was measured on and what it took
+
+
+CPU_RATES: dict[tuple[str, str], CpuRates] = {
+    ("testbed", "float32"): CpuRates(
+        params=2_290_176, threads=2, sample=9000.0, evaluate=2300.0, sft=1900.0, sample_tokens=21.0,
+        answer_tokens=18.0, kept=0.6, prompt_tokens=30.0, startup_s=15.0, stage_s=3.0,
+        measured="python -m imm.main (500 questions x 4 samples, 4 x 400 test items, 3 rounds)"),
+    ("smollm2-135m-instruct", "float32"): CpuRates(
+        params=134_515_008, threads=2, sample=90.0, evaluate=90.0, sft=160.0, sample_tokens=40.0,
+        answer_tokens=40.0, kept=0.3, prompt_tokens=250.0, startup_s=25.0, stage_s=5.0,
+        measured="python -m imm.main model=smollm2-135m-instruct dataset=world_nl"),
+}
+
+
+def cpu_rates(name: str, dtype: str, params: int, threads: int) -> CpuRates:
+    """The row for (name, dtype), else the nearest-sized row of ``dtype`` (else of any dtype) scaled to
+    ``params``; rates scaled to ``threads``."""
+    row = CPU_RATES.get((name, dtype))
+    if row is None:
+        rows = [r for (_, d), r in CPU_RATES.items() if d == dtype] or list(CPU_RATES.values())
+        near = min(rows, key=lambda r: abs(r.params - params))
+        k = near.params / params
+        row = replace(near, params=params, sample=near.sample * k, evaluate=near.evaluate * k, sft=near.sft * k)
+    t = max(1, threads) / row.threads
+    return replace(row, sample=row.sample * t, evaluate=row.evaluate * t, sft=row.sft * t, threads=max(1, threads))
+
+
+def gpu_rates(params: int, tflops: float, decode_mfu: float, train_mfu: float) -> tuple[float, float]:
+    """(decoded tokens/s, trained tokens/s) of one GPU: 2·P FLOPs a decoded token, 6·P a trained one."""
+    return decode_mfu * tflops * 1e12 / (2 * params), train_mfu * tflops * 1e12 / (6 * params)
