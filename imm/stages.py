@@ -199,10 +199,11 @@ def evaluate_stage(ctx: Context, model: ModelRef) -> tuple[dict[str, float], lis
         if engine.backend == "vllm":
             from imm.sampling.vllm import complete_vllm
 
-            log.info("evaluate on vllm (%d GPUs per engine)", engine.tensor_parallel_size)
+            folder, dtype = str(local_dir(model.path)), _model_cfg(ctx, model).dtype
+            replicas, tp = vllm_engines(ctx.cfg, folder, dtype)
+            log.info("evaluate on vllm (%d engines x %d GPUs)", replicas, tp)
             ctx.release()
-            run = functools.partial(complete_vllm, str(local_dir(model.path)), dtype=_model_cfg(ctx, model).dtype,
-                                    tensor_parallel_size=engine.tensor_parallel_size,
+            run = functools.partial(complete_vllm, folder, dtype=dtype, tensor_parallel_size=tp, replicas=replicas,
                                     gpu_memory_utilization=engine.gpu_memory_utilization)
             metrics = evaluate(None, ctx.tok, ctx.data, ctx.item_prompt, ctx.cfg.eval, complete_fn=run, records=items)
         else:
@@ -231,13 +232,13 @@ def synthesize_stage(ctx: Context, model: ModelRef, t: int) -> tuple[str, list[d
         if engine.backend == "vllm":
             from imm.sampling.vllm import synthesize_vllm
 
-            device = f"vllm ({engine.tensor_parallel_size} GPUs per engine)"
+            folder, dtype = str(local_dir(model.path)), _model_cfg(ctx, model).dtype
+            replicas, tp = vllm_engines(ctx.cfg, folder, dtype)
+            device = f"vllm ({replicas} engines x {tp} GPUs)"
             log.info("synthesize on %s", device)
             ctx.release()
-            samples = synthesize_vllm(str(local_dir(model.path)), prompts, ctx.cfg.generate, t,
-                                      tensor_parallel_size=engine.tensor_parallel_size,
-                                      dtype=_model_cfg(ctx, model).dtype,
-                                      gpu_memory_utilization=engine.gpu_memory_utilization)
+            samples = synthesize_vllm(folder, prompts, ctx.cfg.generate, t, tensor_parallel_size=tp, dtype=dtype,
+                                      gpu_memory_utilization=engine.gpu_memory_utilization, replicas=replicas)
         else:
             tok = ctx.teacher_tok if model.teacher else ctx.tok
             net = ctx.load(model)
@@ -373,6 +374,14 @@ def local_dir(path: Path) -> Path:
     from huggingface_hub import snapshot_download
 
     return Path(snapshot_download(str(path), allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+
+
+def vllm_engines(cfg: Config, folder: str, dtype: str) -> tuple[int, int]:
+    """(engines, GPUs per engine) for a vLLM stage on this process's GPUs, as the plan chose them."""
+    from imm.plan.job import context_tokens
+    from imm.sampling.vllm import engines_for
+
+    return engines_for(folder, dtype, cfg.engine, context_tokens(cfg), cfg.plan.min_sequences, cfg.plan.overhead_gb)
 
 
 def _model_cfg(ctx: Context, ref: ModelRef) -> ModelConfig:
