@@ -4,7 +4,8 @@ Which trainer runs is decided here and nowhere else (``fine_tune``):
 
 - ``sft.backend=torch``: :mod:`imm.sft.torch_loop`, one process, length-grouped batches;
 - ``sft.backend=trl``: :mod:`imm.sft.trl_trainer` (TRL ``SFTTrainer``, DeepSpeed ZeRO-3), in this
-  process on one GPU or CPU, or one process per GPU through torchrun when several are visible.
+  process on one GPU or CPU, or one process per GPU through torchrun when several are visible or
+  DeepSpeed is on (torchrun sets RANK, WORLD_SIZE and MASTER_ADDR; without them DeepSpeed looks for MPI).
 
 The SFT interventions of the paper's Table 5 live in :mod:`imm.sft.interventions`.
 """
@@ -54,7 +55,7 @@ def fine_tune(load: Callable[[], object], model_dir: Path, tok, rows: list[dict]
     ``device`` auto or cuda (no index) lets trl spread over every visible GPU; cuda:N keeps one.
     ``on_step``: see ``train``."""
     gpus = processes(cfg, device)
-    if gpus > 1:
+    if gpus > 1 or (cfg.backend == "trl" and cfg.deepspeed):  # DeepSpeed on one GPU too: a launcher's environment
         from imm.sft.trl_trainer import launch
 
         cfg.accumulation(gpus)  # a global batch that does not split over the GPUs fails before the launch

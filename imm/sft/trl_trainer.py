@@ -183,9 +183,21 @@ def train_trl(model, tok, rows: list[dict], prompt_fn, cfg: SFTConfig, iteration
         raise RuntimeError("the trainer logged no loss: is the training set empty?")
     last_epoch = watch.losses[-max(1, len(watch.losses) // cfg.epochs):]
     return {"loss": sum(last_epoch) / len(last_epoch), "first_loss": watch.losses[0],
-            "steps": trainer.state.global_step, "tokens_per_s": counter.tokens / took,
+            "steps": trainer.state.global_step, "tokens_per_s": summed(counter.tokens / took, args.device),
+            "rank_tokens_per_s": counter.tokens / took, "threads": torch.get_num_threads(),
             "pad_share": 1 - counter.tokens / max(counter.padded, 1),
             "global_batch": cfg.batch_size * args.gradient_accumulation_steps * processes(), "device": str(device if processes() == 1 else args.device)}
+
+
+def summed(value: float, device) -> float:
+    """``value`` summed over the ranks of this run (itself in one process): every rank trains its own rows."""
+    import torch.distributed as dist
+
+    if processes() == 1 or not dist.is_initialized():
+        return value
+    total = torch.tensor([value], dtype=torch.float64, device=device if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(total)
+    return float(total.item())
 
 
 def _current_gpu(device: torch.device):
@@ -205,12 +217,18 @@ def resolve(path: str) -> str:
     return str(in_repo)
 
 
+def threads_per_rank(nproc: int) -> int:
+    """CPU threads of each rank: the job's cores (this process's affinity: SLURM's cpus_per_task) shared out."""
+    return max(1, len(os.sched_getaffinity(0)) // max(1, nproc))
+
+
 def launch(model_dir: str, rows: list[dict], prompt_fn, cfg: SFTConfig, iteration: int, out_dir: str, *,
            nproc: int, deepspeed: str | None = None, dtype: str = "bfloat16", launcher: tuple[str, ...] = ()) -> dict:
     """Train on ``nproc`` processes (one per GPU) with torchrun; returns the stats, model in out_dir/model.
 
     The prompts are rendered here, so the workers need no prompt function. ``launcher`` replaces the
-    torchrun prefix (e.g. ``("accelerate", "launch", "--num_processes", "8")``).
+    torchrun prefix (e.g. ``("accelerate", "launch", "--num_processes", "8")``). Each rank gets
+    ``threads_per_rank`` CPU threads (OMP_NUM_THREADS), and the stats' tokens/s are the ranks' sum.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -223,7 +241,7 @@ def launch(model_dir: str, rows: list[dict], prompt_fn, cfg: SFTConfig, iteratio
     cmd = prefix + ["-m", "imm.sft.trl_trainer", "--model", model_dir, "--rows", str(out / "rows.jsonl"),
                     "--sft", str(out / "sft.json"), "--out", str(out), "--iteration", str(iteration),
                     "--dtype", dtype] + (["--deepspeed", resolve(deepspeed)] if deepspeed else [])
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd, check=True, env=os.environ | {"OMP_NUM_THREADS": str(threads_per_rank(nproc))})
     return json.loads((out / "stats.json").read_text())
 
 

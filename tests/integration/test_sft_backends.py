@@ -3,7 +3,7 @@
     python -m pytest tests/integration/test_sft_backends.py
 
 The ZeRO-3 tests run in subprocesses (DeepSpeed's process group and accelerate's state would leak
-into other tests): one rank with the distributed env set by hand, then two ranks through torchrun.
+into other tests), launched as the loop launches them: one rank through sft.fine_tune, then two ranks.
 The first run compiles DeepSpeed's shared-memory comm op (about 50-100 s on 2 cores) into
 outputs/torch_extensions; later runs load it from there (about 15 s a test).
 """
@@ -16,9 +16,6 @@ import json
 import math
 import os
 import shutil
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -99,31 +96,6 @@ def test_deepspeed_sft_config_holds_the_paper_values():
     assert ds["train_micro_batch_size_per_gpu"] == ds["gradient_accumulation_steps"] == "auto"
 
 
-ZERO3_CHILD = """
-import json, sys, torch
-from imm import sft
-from imm.models import ModelConfig, load_model, load_tokenizer, weights
-from imm.sft.trl_trainer import train_trl
-from imm.data.world import problems
-model_dir, zero3, out = sys.argv[1:4]
-model, tok = load_model(ModelConfig(path=model_dir)), load_tokenizer(model_dir)
-rows = [{"question": i["question"], "response": i["solution"]}
-        for i in problems.make_split(problems.ID_FAMILY, "train", 32, 0)]
-cfg = sft.SFTConfig(epochs=2, lr=3e-3, batch_size=8, grad_accum=2)
-stats = train_trl(model, tok, rows, problems.format_prompt, cfg, 0, deepspeed=zero3)
-torch.save(weights(model), out)
-ids = tok(problems.format_prompt("Tom has 3 apples."), return_tensors="pt")["input_ids"]
-stats["logits_finite"] = bool(torch.isfinite(model(ids).logits).all())  # hooks gone, full weights back
-print("STATS " + json.dumps(stats))
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def max_diff(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in b)
 
@@ -146,17 +118,23 @@ def reference(model_tok):
     return before, weights(model), plain
 
 
-def test_zero3_on_cpu_matches_the_single_process_run(reference, tiny_model, tmp_path):
+def test_zero3_on_one_rank_is_launched_with_its_environment_and_matches_the_single_process_run(
+        reference, tiny_model, tmp_path, monkeypatch):
+    """The loop's own call (sft.fine_tune) with DeepSpeed on one device: it goes through the launcher, which
+    sets RANK, WORLD_SIZE and MASTER_ADDR (nothing here sets them; without them DeepSpeed looks for MPI)."""
     before, trained, plain = reference
-    env = dict(os.environ, **DS_ENV, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0",
-               WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
-    out = tmp_path / "zero3.pt"
-    proc = subprocess.run([sys.executable, "-c", ZERO3_CHILD, str(tiny_model), ZERO3, str(out)], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    stats = json.loads(proc.stdout.split("STATS ", 1)[1])
-    assert stats["logits_finite"] and math.isfinite(stats["loss"]) and stats["loss"] < stats["first_loss"]
-    zero3 = torch.load(out)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in DS_ENV.items():
+        monkeypatch.setenv(key, value)
+    cfg = dataclasses.replace(CFG, backend="trl", deepspeed="conf/deepspeed/zero3.json")
+    tok = load_tokenizer(str(tiny_model))
+    net, stats = sft.fine_tune(lambda: pytest.fail("the model is trained in the launched process"), tiny_model, tok,
+                               rows(), problems.format_prompt, cfg, 0, tmp_path, "float32", "cpu")
+    assert net is None and math.isfinite(stats["loss"]) and stats["loss"] < stats["first_loss"]
+    assert stats["threads"] == len(os.sched_getaffinity(0))  # one rank: every core of the job
+    assert stats["tokens_per_s"] == pytest.approx(stats["rank_tokens_per_s"])
+    zero3 = weights(load_model(ModelConfig(path=str(tmp_path / "model"))))
     assert max_diff(zero3, before) > 1e-4  # it trained
     # one rank, same seed, same torch AdamW: ZeRO-3 must give the single-process result
     assert stats["steps"] == plain["steps"] and abs(stats["loss"] - plain["loss"]) < 1e-4
@@ -177,6 +155,8 @@ def test_launch_two_ranks_shards_and_matches_one_process(reference, tiny_model, 
                    deepspeed="conf/deepspeed/zero3.json", dtype="float32")
     assert stats["steps"] == plain["steps"] and abs(stats["loss"] - plain["loss"]) < 1e-4
     assert stats["sharded_init"]  # each rank built its shard in from_pretrained, not a full copy
+    assert stats["threads"] == max(1, len(os.sched_getaffinity(0)) // 2)  # the cores shared by the two ranks
+    assert stats["tokens_per_s"] > 1.5 * stats["rank_tokens_per_s"]  # both ranks' tokens, not rank 0's
     launched = weights(load_model(ModelConfig(path=str(tmp_path / "model"))))
     assert max_diff(launched, before) > 1e-4
     assert max_diff(launched, trained) < 1e-5
