@@ -71,6 +71,19 @@ def load_gguf(spec: Packaged, dtype: str = "float32"):
     return tok, model.eval()
 
 
+def load_exactly(model, state: dict) -> None:
+    """Every weight of ``model`` from ``state`` and nothing else: a tied model's lm_head (the embedding
+    matrix, listed or not) is the only key allowed to differ; any other missing or extra key raises."""
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    state = {k: v for k, v in state.items() if not (tied and k == "lm_head.weight")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (tied and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise ValueError(f"the converted weights do not match the architecture: missing {missing[:5]}"
+                         f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+                         f"{'...' if len(unexpected) > 5 else ''}")
+
+
 def convert(name: str, out: Path) -> Path:
     """Write the packaged model ``name`` as a safetensors folder at ``out`` (atomically: a temporary
     folder renamed at the end, so a killed conversion leaves nothing half-written)."""
@@ -83,7 +96,7 @@ def convert(name: str, out: Path) -> Path:
                                      if k not in ("quantization_config", "_name_or_path", "_model_name_or_path")})
     config.dtype = spec.dtype
     model = AutoModelForCausalLM.from_config(config)
-    model.load_state_dict(gguf.state_dict(), strict=False)  # a tied model's state dict may list lm_head
+    load_exactly(model, gguf.state_dict())
     model.tie_weights()
     model.generation_config = gguf.generation_config
     eos = [gguf.generation_config.eos_token_id] + [tok.convert_tokens_to_ids(t) for t in spec.extra_eos]
