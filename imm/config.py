@@ -9,7 +9,9 @@ validates every job of the grid before the launcher submits any.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from hydra.core.config_store import ConfigStore
@@ -77,6 +79,19 @@ class Config:
         for name in ENGINE_KEYS:
             setattr(self.generate, name, None)
         self._check_schedule()
+        self._check_precision()
+
+    def _check_precision(self) -> None:
+        """float16 on DeepSpeed needs the JSON's fp16 section: without it the Trainer's fp16 flag finds no
+        section to fill and DeepSpeed trains in fp32 without a word."""
+        s = self.sft
+        if s.backend != "trl" or not s.deepspeed or self.model.dtype != "float16":
+            return
+        path = Path(s.deepspeed) if Path(s.deepspeed).exists() else Path(__file__).resolve().parents[1] / s.deepspeed
+        if path.is_file() and "fp16" not in json.loads(path.read_text()):
+            raise ValueError(f"model.dtype=float16 with sft.deepspeed={s.deepspeed}: that DeepSpeed config has no "
+                             f"fp16 section, so SFT would run in fp32; use model.dtype=bfloat16 (what ZeRO-3 "
+                             f"here is set up for) or add \"fp16\": {{\"enabled\": \"auto\"}} to the JSON")
 
     def _check_schedule(self) -> None:
         """merge.schedule other than round: a merging method, and for steps the torch trainer."""

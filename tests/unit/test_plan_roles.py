@@ -111,3 +111,20 @@ def test_cpu_rates_scale_with_threads_and_model_size(monkeypatch):
     assert cpu_rates("m", "float32", ROW.params, 1).sample == pytest.approx(ROW.sample / 2)
     bigger = cpu_rates("other", "float32", 10 * ROW.params, 2)
     assert (bigger.sample, bigger.sft, bigger.sample_tokens) == pytest.approx((ROW.sample / 10, ROW.sft / 10, 20.0))
+
+
+def test_float16_on_zero3_without_an_fp16_section_is_refused_bf16_passes(tmp_path):
+    from imm.config import validate
+    from tests.unit.test_plan import compose_cfg
+
+    def check(*overrides):
+        cfg = compose_cfg("sft=deepspeed_zero3", "model=qwen2.5-1.5b-instruct", *overrides)
+        cfg.run.out_dir = "unused"
+        return validate(cfg)
+
+    with pytest.raises(ValueError, match="no fp16 section, so SFT would run in fp32"):
+        check("model.dtype=float16")
+    assert check("model.dtype=bfloat16").model.dtype == "bfloat16"
+    with_fp16 = tmp_path / "zero3_fp16.json"
+    with_fp16.write_text('{"fp16": {"enabled": "auto"}, "zero_optimization": {"stage": 3}}')
+    assert check("model.dtype=float16", f"sft.deepspeed={with_fp16}").sft.deepspeed == str(with_fp16)
