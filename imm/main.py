@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from imm.report import console as summary
 from imm.config import validate
+from imm.plan import preflight
 from imm.plan.job import dry_run_data, plan_job, resources
 from imm.provenance import provenance
 from imm.store import StageStore, digest
@@ -87,16 +88,20 @@ def main(dcfg: DictConfig) -> float:
     prov = provenance()
     (out / "config.yaml").write_text(OmegaConf.to_yaml(dcfg, resolve=True))
     (out / "provenance.json").write_text(json.dumps(prov, indent=2))
-    plan = plan_job(cfg, resources(HydraConfig.get().launcher, cfg.plan), cfg.model.name)
+    res = resources(HydraConfig.get().launcher, cfg.plan)
+    plan = plan_job(cfg, res, cfg.model.name)
     if cfg.run.dry_run:
         print(plan.line())
         dry_run_data(cfg.dataset)
+        unready = preflight.check(cfg)  # packages, and the model and data offline (imm/plan/preflight.py)
         print(f"dry run: config valid, written to {out / 'config.yaml'}")
-        if plan.problems:
-            raise SystemExit(f"imm: the job does not fit what it asks for: {'; '.join(plan.problems)}")
+        print("preflight: " + ("; ".join(unready) if unready else preflight.summary(cfg)))
+        if plan.problems or unready:
+            raise SystemExit(f"imm: the job does not fit what it asks for: {'; '.join(plan.problems + unready)}")
         return float("nan")
-    if plan.at_start:  # e.g. under SLURM without a GPU, a large model would crawl on the CPU until its time limit
-        raise SystemExit(f"imm: {'; '.join(plan.at_start)}")
+    gpus = preflight.gpus_at_start(res)  # under SLURM: the GPUs torch sees, not the request
+    if plan.at_start or gpus:  # e.g. under SLURM without a GPU, a large model would crawl on the CPU until its time limit
+        raise SystemExit(f"imm: {'; '.join(plan.at_start + ([gpus] if gpus else []))}")
 
     store = StageStore(Path(cfg.stages.root), salt="" if cfg.stages.share else key,
                        lock_stale_s=cfg.stages.lock_stale_s)

@@ -61,6 +61,31 @@ def refuse_unplanned(config: DictConfig, jobs: list[list[str]], typed: list) -> 
                          f"launched:\n" + "\n".join(f"{p.label}: " + "; ".join(p.problems) for p in bad))
 
 
+def refuse_unready(config: DictConfig, jobs: list[list[str]], typed: list) -> None:
+    """Stop the grid, with nothing submitted, when the jobs' environment cannot run them (imm/plan/preflight.py):
+    each distinct set of needs checked once here, and on a compute node with plan.preflight_srun=true."""
+    import subprocess
+
+    from imm.plan import preflight
+
+    needs: dict[tuple, int] = {}
+    for i, c in enumerate(typed):
+        key = (c.model.path, c.teacher.path if c.teacher else "", repr(c.dataset), c.engine.backend, c.sft.backend,
+               c.sft.deepspeed, c.tracking.enabled, c.plan.offline)
+        needs.setdefault(key, i)
+    problems = [f"job #{i}: {p}" for i in needs.values() for p in preflight.check(typed[i])]
+    if not problems and any(c.plan.preflight_srun for c in typed):
+        for i in needs.values():
+            cmd = preflight.srun_command(config.hydra.launcher, jobs[i])
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                problems.append(f"job #{i} on a compute node ({' '.join(cmd[:5])} ...): "
+                                + (proc.stdout.strip() or proc.stderr.strip()[-2000:]))
+    if problems:
+        raise SystemExit("imm: the jobs' environment cannot run them, nothing was submitted:\n" + "\n".join(problems))
+    print(f"preflight: {preflight.summary(typed[0])}", flush=True)
+
+
 class ValidateSweep(Callback):
     def __init__(self) -> None:
         self.parents: dict[tuple[str, str], tuple[TrackingConfig, str]] = {}  # (uri, experiment) -> parent run
@@ -79,8 +104,10 @@ class ValidateSweep(Callback):
                 raise SystemExit(f"imm: job #{i} ({' '.join(overrides)}) has a bad config, nothing was "
                                  f"launched: {type(e).__name__}: {e}") from e
         refuse_unplanned(config, jobs, typed)
-        stores = {(c.tracking.uri, c.tracking.experiment): c.tracking for c in typed if c.tracking.enabled}
         on_slurm = "Slurm" in str(config.hydra.launcher.get("_target_", ""))
+        if on_slurm:  # the jobs' environment, before the queue (a local grid's jobs check it in their dry run)
+            refuse_unready(config, jobs, typed)
+        stores = {(c.tracking.uri, c.tracking.experiment): c.tracking for c in typed if c.tracking.enabled}
         for tracking in stores.values():
             if on_slurm and (why := cluster_refusal(tracking)):
                 raise SystemExit(f"imm: the grid's jobs could not log, nothing was launched: {why}")

@@ -37,6 +37,8 @@ class PlanConfig:
     overhead_gb: float = 3.0  # CUDA context, allocator slack, kernels' workspace per GPU
     host_overhead_gb: float = 8.0  # Python, tokenizer, data, grading pool on the host
     min_sequences: int = 32  # engine.tensor_parallel_size=0: an engine spans the fewest GPUs that hold this many sequences
+    offline: bool = False  # the compute nodes reach no hub: the preflight checks the caches as HF_HUB_OFFLINE would
+    preflight_srun: bool = False  # a SLURM grid runs the preflight on a compute node (one-task srun) before submitting
 
 
 @dataclass
