@@ -170,6 +170,7 @@ class Workload:
     trained: list[float]
     evaluated: list[float]
     first_eval: float
+    evaluations: list[int]  # models evaluated each round
 
 
 def workload(cfg, rows: dict[str, int], sample_len: float, answer_len: float, kept_share: float,
@@ -184,7 +185,8 @@ def workload(cfg, rows: dict[str, int], sample_len: float, answer_len: float, ke
     return Workload(generated=[rows["train"] * g.k * sample_len] * T,
                     trained=[trained_rows(cfg.method, kept, t) * cfg.sft.epochs * (prompt_len + sample_len)
                              for t in range(1, T + 1)],
-                    evaluated=[e * items * answer_len for e in per_round], first_eval=items * answer_len)
+                    evaluated=[e * items * answer_len for e in per_round], first_eval=items * answer_len,
+                    evaluations=per_round)
 
 
 def context_tokens(cfg) -> int:
@@ -245,7 +247,7 @@ def plan_job(cfg, res: Resources, label: str = "job") -> Plan:
     for t in range(cfg.run.iterations):
         round_stages = [(f"sampling {t + 1}", work.generated[t] / sample_rate + per_stage),
                         (f"SFT {t + 1}", work.trained[t] / train_rate + per_stage),
-                        (f"evaluation {t + 1}", work.evaluated[t] / eval_rate + (per_stage if work.evaluated[t] else 0))]
+                        (f"evaluation {t + 1}", work.evaluated[t] / eval_rate + per_stage * work.evaluations[t])]
         if cfg.method.merges:
             round_stages.append((f"merge {t + 1}", per_stage))
         plan.rounds.append(sum(h for _, h in round_stages) / 3600)

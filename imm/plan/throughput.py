@@ -41,9 +41,9 @@ class CpuRates:
 
 CPU_RATES: dict[tuple[str, str], CpuRates] = {
     ("testbed", "float32"): CpuRates(
-        params=2_290_176, threads=2, sample=9000.0, evaluate=2300.0, sft=1900.0, sample_tokens=21.0,
-        answer_tokens=18.0, kept=0.6, prompt_tokens=30.0, startup_s=15.0, stage_s=3.0,
-        measured="python -m imm.main (500 questions x 4 samples, 4 x 400 test items, 3 rounds)"),
+        params=1_000_704, threads=2, sample=11800.0, evaluate=4900.0, sft=8700.0, sample_tokens=27.6,
+        answer_tokens=33.4, kept=0.49, prompt_tokens=37.3, startup_s=9.5, stage_s=0.05,
+        measured="python -m imm.main: 233 s wall on the 2-core machine, others' jobs beside it part of the time"),
     ("smollm2-135m-instruct", "float32"): CpuRates(
         params=134_515_008, threads=2, sample=90.0, evaluate=90.0, sft=160.0, sample_tokens=40.0,
         answer_tokens=40.0, kept=0.3, prompt_tokens=250.0, startup_s=25.0, stage_s=5.0,

@@ -95,7 +95,7 @@ def test_a_cpu_job_is_planned_in_cpu_terms_from_its_rates(monkeypatch):
     base = 200 * 10 / 2000 + 2
     sample = 100 * 4 * 20 / 8000 + 2  # 400 samples of 20 tokens at 8,000/s
     sft = 100 * 4 * 0.5 * 3 * (30 + 20) / 1000 + 2  # 200 kept rows x 3 epochs x 50 tokens at 1,000/s
-    evals = 2 * 200 * 10 / 2000 + 2  # the SFT and the merged model
+    evals = 2 * (200 * 10 / 2000 + 2)  # the SFT and the merged model
     merge = 2
     wall = 12 + base + 2 * (sample + sft + evals + merge)
     assert plan.hours * 3600 == pytest.approx(wall)
