@@ -56,7 +56,7 @@ def decoding_groups(tok, tests: dict[str, list[dict]], prompt_fn, slack: int = 3
 
 
 def _decoded(model, tok, tests: dict[str, list[dict]], prompt_fn, cfg: EvalConfig, desc: str, complete_fn,
-             compile: bool):
+             compile: bool, decoding: dict):
     """(set, completions, endings) of every set, group by group: from another engine (vLLM) in one call
     (one engine start-up per evaluation stage, the engine batches across sets), from the hf decoder one
     call per group of sets that share their few-shot prefix. Endings are None where the engine gives
@@ -71,7 +71,7 @@ def _decoded(model, tok, tests: dict[str, list[dict]], prompt_fn, cfg: EvalConfi
         else:
             outs = complete(model, tok, prompts, n=cfg.n, temperatures=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                             batch_size=cfg.batch_size, desc=f"{desc} {'+'.join(group)}", compile=compile,
-                            at_answer=cfg.stop_at_answer, stats=figures)
+                            at_answer=cfg.stop_at_answer, stats=figures, **decoding)
         endings, start = figures.get("endings"), 0
         for name in group:
             size = len(tests[name])
@@ -80,14 +80,15 @@ def _decoded(model, tok, tests: dict[str, list[dict]], prompt_fn, cfg: EvalConfi
 
 
 def evaluate(model, tok, data, prompt_fn, cfg: EvalConfig, desc: str = "eval", complete_fn=None,
-             compile: bool = False, records: list | None = None) -> dict[str, float]:
+             compile: bool = False, records: list | None = None, decoding: dict | None = None) -> dict[str, float]:
     """Metrics {set: pass@1, set/pass_at_k: ..., id[/pass_at_k]: mean over ID sets, ood[/...]: OOD,
     set/no_answer: share of samples without a final answer, set/timeouts: checks out of time,
     set/ran_to_limit and set/stopped: shares of samples that ran to the token limit / were ended by a
     stop string or their answer statement,
     set/sound_share, shortcut_share, flawed_share (testbed sets; id and ood pooled)}.
 
-    ``compile``: decode on the static, compiled path (imm.sampling.complete).
+    ``compile``: decode on the static, compiled path (imm.sampling.complete); ``decoding``: the decoder
+    and its dtype (imm.sampling.engine.decoding_plan).
     ``records``: a list that receives one row per test item (imm.reasoning.item_records)."""
     metrics: dict[str, float] = {}
     rows: list[dict] = []
@@ -95,7 +96,8 @@ def evaluate(model, tok, data, prompt_fn, cfg: EvalConfig, desc: str = "eval", c
     # grading pool's processes or in Python; the order of the results is the order of the sets)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imm-grade") as grader:
         graded = [(name, outs, endings, grader.submit(grade_groups, outs, data.tests[name]))
-                  for name, outs, endings in _decoded(model, tok, data.tests, prompt_fn, cfg, desc, complete_fn, compile)]
+                  for name, outs, endings in _decoded(model, tok, data.tests, prompt_fn, cfg, desc, complete_fn, compile,
+                                                            decoding or {})]
         for name, outs, endings, done in graded:
             items = data.tests[name]
             if endings is not None:  # the hf decoder's endings (vLLM reports none)

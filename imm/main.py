@@ -28,6 +28,7 @@ from imm.plan import preflight
 from imm.plan.job import dry_run_data, plan_job, resources
 from imm.provenance import provenance
 from imm.store import StageStore, digest
+from imm.stages import decoding_of
 from imm.tracking import Tracker, grid_tags, source_tags
 
 log = logging.getLogger("imm")
@@ -110,7 +111,8 @@ def main(dcfg: DictConfig) -> float:
     params = OmegaConf.to_container(dcfg, resolve=True)
     params["run"].pop("dry_run")
     quiet_unused_libraries(cfg)
-    if tracker.start(key, name, tags(params, prov), params, sweep_id()):
+    decoding = {f"sampling.{k}": v for k, v in decoding_of(cfg.model).items()}  # auto resolved on this machine
+    if tracker.start(key, name, tags(params, prov) | decoding, params, sweep_id()):
         log.info("continuing job %s and its MLflow run (%s)", key, tracker.location)
     tracker.artifact(out / "config.yaml")
     tracker.artifact(out / "provenance.json")

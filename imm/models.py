@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # transformers loads in the functions that need it: a dry run
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ASSETS = Path(__file__).parent / "assets"
+DECODERS = ("auto", "slots", "hf")
 
 
 @dataclass
@@ -27,6 +28,9 @@ class ModelConfig:
     threads: int = 0  # torch CPU threads; 0 = torch's default
     device: str = "auto"  # where every stage runs the model: auto (the first GPU, else cpu) | cpu | cuda | cuda:1 | mps
     prepare: Optional[str] = None  # a packaged model (imm/prepare.py) that writes ``path`` when it is missing
+    # How sampling and evaluation run the model (SFT and merging keep ``dtype``):
+    decoder: str = "hf"  # hf: the transformers model, batch by batch | slots: continuous batching (imm/sampling/slots.py) | auto: slots on a CPU for Llama/Qwen2/Mistral models, else hf
+    compute_dtype: str = "auto"  # slots decoder's arithmetic: auto = bfloat16 where the hardware has it fast | float32 | bfloat16
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -35,6 +39,13 @@ class ModelConfig:
             resolve_device(self.device)
         except RuntimeError as err:
             raise ValueError(f"model.device={self.device!r} is not a device torch knows ({err})") from None
+        if self.decoder not in DECODERS:
+            raise ValueError(f"model.decoder={self.decoder!r} is not one of {DECODERS}")
+        if self.compute_dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"model.compute_dtype={self.compute_dtype!r} is not one of auto, float32, bfloat16")
+        if self.decoder == "hf" and self.compute_dtype not in ("auto", self.dtype):
+            raise ValueError(f"model.compute_dtype={self.compute_dtype} needs model.decoder=slots: the hf decoder "
+                             f"runs the model in its own dtype ({self.dtype})")
         if self.source not in ("local", "hub"):
             raise ValueError(f"model.source={self.source!r} must be 'local' or 'hub'")
         if self.prepare and self.source == "local" and self.path != "???":

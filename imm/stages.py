@@ -9,9 +9,11 @@ from __future__ import annotations
 import functools
 import gc
 import hashlib
+import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 from imm import sampling as generate
 
@@ -28,7 +30,9 @@ from imm.analysis.diversity import answer_diversity, answer_key
 from imm.analysis.importance import layer_importance
 from imm.merge.engine import merge_checkpoints
 from imm.merge.schedule import StepPull
-from imm.models import ModelConfig, device_kind, load_model
+from imm.models import ModelConfig, device_kind, load_model, resolve_device
+from imm.sampling.engine import decoding_plan
+from imm.sampling.slots import packs
 from imm.mechanism import kept_forms
 from imm.reasoning import kept_shares, kept_step_classes
 from imm.sampling import ENGINE_KEYS, ending_shares
@@ -139,7 +143,24 @@ def decoding(cfg: Config, model: ModelConfig, sampled: bool) -> dict:
     e = cfg.engine
     if e.backend == "vllm":
         return {"backend": "vllm", "dtype": model.dtype}
-    return {"backend": "hf", "compile": e.compile, **numerics(model)} | ({"batch_size": e.batch_size} if sampled else {})
+    plan = decoding_of(model)
+    # the slots decoder names itself and its dtype; the hf decoder's keys stay as they were before it
+    slots = {"decoder": plan["decoder"], "compute_dtype": plan["dtype"]} if plan["decoder"] != "hf" else {}
+    return {"backend": "hf", "compile": e.compile, **numerics(model)} | slots | \
+        ({"batch_size": e.batch_size} if sampled else {})
+
+
+def decoding_of(model: ModelConfig) -> dict:
+    """The decoder and compute dtype sampling and evaluation use for ``model`` on its device (``auto``
+    decided from the model folder's config.json: slots where imm.sampling.slots packs the architecture)."""
+    plan = decoding_plan(model.decoder, model.compute_dtype, model.dtype, resolve_device(model.device))
+    if plan["decoder"] == "auto":
+        config = Path(model.path) / "config.json"
+        fields = json.loads(config.read_text()) if config.is_file() else {}
+        plan["decoder"] = "slots" if packs(SimpleNamespace(**fields)) else "hf"
+        if plan["decoder"] == "hf":
+            plan["dtype"] = model.dtype
+    return plan
 
 
 def evaluate_fields(cfg: Config, model: ModelRef) -> dict:
@@ -210,7 +231,7 @@ def evaluate_stage(ctx: Context, model: ModelRef) -> tuple[dict[str, float], lis
             net = ctx.load(model)
             log.info("evaluate on %s", net.device)
             metrics = evaluate(net, ctx.tok, ctx.data, ctx.item_prompt, ctx.cfg.eval, compile=engine.compile,
-                               records=items)
+                               records=items, decoding=decoding_of(_model_cfg(ctx, model)))
         write_json(tmp / "metrics.json", metrics)
         write_jsonl(tmp / "items.jsonl", items)
 
@@ -244,7 +265,8 @@ def synthesize_stage(ctx: Context, model: ModelRef, t: int) -> tuple[str, list[d
             net = ctx.load(model)
             device = str(net.device)
             log.info("synthesize on %s", device)
-            samples = generate.synthesize(net, tok, prompts, ctx.cfg.generate, t, engine, stats=decoded)
+            samples = generate.synthesize(net, tok, prompts, ctx.cfg.generate, t, engine, stats=decoded,
+                                          decoding=decoding_of(_model_cfg(ctx, model)))
         kept, y = keep_correct(ctx.data.train, samples, t, exact=ctx.cfg.method.keep == "exact")
         spread = answer_diversity([[answer_key(s["text"]) for s in group] for group in samples])
         classes = kept_step_classes(kept, ctx.data.train)  # before the gold rows: they are not the model's

@@ -17,6 +17,9 @@ import torch
 from tqdm.auto import tqdm
 
 from imm.grading.answers import STOP_STRINGS, cut_sample
+from imm.models import DTYPES
+from imm.sampling import slots as slots_decoder
+from imm.sampling.batching import decode_slots
 from imm.sampling.decode import Prefix, decode, eos_ids, shared_prefix
 from imm.sampling.engine import EngineConfig
 
@@ -87,7 +90,8 @@ def auto_batch_size(model, n: int, max_tokens: int) -> int:
 def complete(model, tok, prompts: list[str], *, n: int = 1, temperatures: list[float] | float = 0.0,
              top_p: float = 1.0, max_new_tokens: int = 96, batch_size: int = 0, seed: int = 0,
              desc: str = "generate", stops: tuple[str, ...] = STOP_STRINGS, at_answer: bool = True,
-             compile: bool = False, stats: dict | None = None) -> list[list[str]]:
+             compile: bool = False, stats: dict | None = None, decoder: str = "hf",
+             dtype: str | None = None) -> list[list[str]]:
     """n completions per prompt (sample j at temperatures[j % len]; 0 = greedy), each as the model wrote
     it after its prompt (leading whitespace kept: SFT joins it to the prompt as it stands) and ended as
     ``imm.grading.answers.cut_sample`` says: at a stop string and, with ``at_answer``, after its first
@@ -96,8 +100,18 @@ def complete(model, tok, prompts: list[str], *, n: int = 1, temperatures: list[f
     The prompts' shared first tokens (a few-shot prefix) run once per call and their KV cache is
     copied into each batch (row-dropping path). ``compile``: static KV cache and a compiled step
     (imm/sampling/decode_compiled.py) instead; every batch is padded to one prompt length and row count,
-    so it compiles once. ``stats``: filled with the call's figures (new tokens generated, EOS excluded,
-    per row and in all; how each row ended: eos | stop | length; rows per decoding call; seconds)."""
+    so it compiles once. ``decoder``: ``slots`` (or ``auto`` where the model is Llama-shaped) decodes
+    the whole call by continuous batching in ``dtype`` (imm/sampling/slots.py); ``hf`` by batches of
+    the transformers model in its own dtype. ``stats``: filled with the call's figures (new tokens
+    generated, EOS excluded, per row and in all; how each row ended: eos | stop | length; rows per
+    decoding call; the decoder and dtype; seconds)."""
+    if not compile and decoder in ("slots", "auto") and slots_decoder.supports(model):
+        return _complete_slots(model, tok, prompts, n=n, temperatures=temperatures, top_p=top_p,
+                               max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, desc=desc, stops=stops,
+                               at_answer=at_answer, stats=stats, dtype=dtype or "float32")
+    if decoder == "slots":
+        raise ValueError(f"model.decoder=slots: {type(model).__name__} is not a Llama-shaped model the slots decoder "
+                         f"packs (imm.sampling.slots.ARCHITECTURES); use model.decoder=hf")
     temps = [temperatures] * n if isinstance(temperatures, (int, float)) else \
         [temperatures[j % len(temperatures)] for j in range(n)]
     tok.padding_side = "left"
@@ -149,8 +163,58 @@ def complete(model, tok, prompts: list[str], *, n: int = 1, temperatures: list[f
              new_tokens / max(seconds, 1e-9), min(size, len(prompts)) * n, common, *endings.values())
     if stats is not None:
         stats.update(new_tokens=new_tokens, lengths=lengths, seconds=seconds, rows_per_call=min(size, len(prompts)) * n,
-                     endings=ending, prefix_tokens=common)
+                     endings=ending, prefix_tokens=common, decoder="hf", dtype=str(model.dtype).removeprefix("torch."))
     return out
+
+
+def _complete_slots(model, tok, prompts: list[str], *, n: int, temperatures, top_p: float, max_new_tokens: int,
+                    batch_size: int, seed: int, desc: str, stops: tuple[str, ...], at_answer: bool, stats: dict | None,
+                    dtype: str) -> list[list[str]]:
+    """``complete`` on the slots decoder: one continuous-batching call for all prompts."""
+    temps = [temperatures] * n if isinstance(temperatures, (int, float)) else \
+        [temperatures[j % len(temperatures)] for j in range(n)]
+    encoded = tok(prompts, add_special_tokens=True)["input_ids"]
+    common = shared_prefix(encoded)
+    own = [e[common:] for e in encoded]
+    compute = DTYPES[dtype]
+    rows = batch_size * n if batch_size else slot_rows(model.config, compute.itemsize, n,
+                                                       max(map(len, own)) + max_new_tokens, model.device)
+    start = time.perf_counter()
+    reasons: list[str] = []
+    bar = tqdm(total=len(prompts) * n, desc=desc, unit="sample", leave=False, mininterval=2)
+    ids = decode_slots(model, tok, own, encoded[0][:common], n=n, temps=temps, top_p=top_p,
+                       max_new_tokens=max_new_tokens, stops=stops, at_answer=at_answer, eos=eos_ids(model, tok),
+                       generator=torch.Generator(device=model.device).manual_seed(seed), rows=rows, dtype=compute,
+                       reasons=reasons, progress=bar.update)
+    bar.close()
+    seconds = time.perf_counter() - start
+    texts = written(tok, [e[-1] for e in encoded for _ in range(n)], ids)
+    out = [[cut_sample(texts[i * n + j], stops, at_answer) for j in range(n)] for i in range(len(prompts))]
+    ending = [_ending(texts[r], out[r // n][r % n], len(ids[r]), max_new_tokens, reasons[r]) for r in range(len(ids))]
+    new_tokens = sum(map(len, ids))
+    log.info("%s: %d rows, %d new tokens in %.2f s (%.0f new tokens/s), slots decoder in %s, %d rows at once, "
+             "%d prefix tokens shared; ended by eos %d, stop %d, token limit %d", desc, len(ids), new_tokens, seconds,
+             new_tokens / max(seconds, 1e-9), dtype, rows, common,
+             *(ending.count(k) for k in ("eos", "stop", "length")))
+    if stats is not None:
+        stats.update(new_tokens=new_tokens, lengths=[len(r) for r in ids], seconds=seconds, rows_per_call=rows,
+                     endings=ending, prefix_tokens=common, decoder="slots", dtype=dtype)
+    return out
+
+
+SLOT_ROWS = 256  # rows the slots decoder runs at once on a CPU: past this a step's cost grows with the rows
+
+
+def slot_rows(config, itemsize: int, n: int, width: int, device) -> int:
+    """Rows for the slots decoder: SLOT_ROWS (GPU_MAX_ROWS on a GPU), fewer where their KV cache of
+    ``width`` positions would pass KV_SHARE of free memory; a multiple of n."""
+    if device.type == "cuda":
+        free, cap = torch.cuda.mem_get_info(device)[0], GPU_MAX_ROWS
+    else:
+        import psutil
+
+        free, cap = psutil.virtual_memory().available, SLOT_ROWS
+    return batch_for_memory(config, itemsize, 1, width, free, cap) // n * n or n
 
 
 def written(tok, anchors: list[int], ids: list[list[int]]) -> list[str]:
@@ -179,17 +243,18 @@ def _ending(raw: str, kept: str, n_ids: int, limit: int, decoded: str | None) ->
 
 
 def synthesize(model, tok, prompts: list[str], cfg: GenerateConfig, iteration: int,
-               engine: EngineConfig | None = None, stats: dict | None = None) -> list[list[dict]]:
+               engine: EngineConfig | None = None, stats: dict | None = None,
+               decoding: dict | None = None) -> list[list[dict]]:
     """k samples per prompt as [{"text", "temperature", "tokens", "ending"}], sample i at
     temperatures[i % len] (``tokens``: new tokens; ``ending``: eos | stop | length; ``stats``: as
-    ``complete`` fills it)."""
+    ``complete`` fills it; ``decoding``: the decoder and its dtype, as ``complete`` takes them)."""
     engine = (engine or EngineConfig()).given(cfg.engine_overrides())
     temps = [cfg.temperatures[i % len(cfg.temperatures)] for i in range(cfg.k)]
     figures = {} if stats is None else stats
     texts = complete(model, tok, prompts, n=cfg.k, temperatures=temps, top_p=cfg.top_p,
                      max_new_tokens=cfg.max_new_tokens, batch_size=engine.batch_size,
                      seed=cfg.seed * 1_000_003 + iteration, desc=f"sample it{iteration + 1}", compile=engine.compile,
-                     at_answer=cfg.stop_at_answer, stats=figures)
+                     at_answer=cfg.stop_at_answer, stats=figures, **(decoding or {}))
     k = cfg.k
     return [[{"text": t, "temperature": temp, "tokens": figures["lengths"][i * k + j], "ending": figures["endings"][i * k + j]}
              for j, (t, temp) in enumerate(zip(group, temps))] for i, group in enumerate(texts)]

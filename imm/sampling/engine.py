@@ -10,7 +10,32 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import torch
+
 BACKENDS = ("hf", "vllm")
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 matmuls run faster than float32 here: a GPU that supports bf16, or a CPU with
+    AMX or AVX512-BF16 (there oneDNN's bf16 matmul runs ~7x float32's)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+
+
+def decoding_plan(decoder: str, compute_dtype: str, storage_dtype: str, device: torch.device) -> dict:
+    """The decoder a model config asks for and the dtype its arithmetic runs in, on ``device``:
+    {"decoder": "slots" | "hf" | "auto", "dtype": ...}. ``auto`` stays auto until the model is loaded
+    (imm.sampling.slots.supports decides); the hf decoder computes in the storage dtype."""
+    if decoder == "auto" and device.type != "cpu":
+        decoder = "hf"
+    if decoder == "hf":
+        return {"decoder": "hf", "dtype": storage_dtype}
+    if compute_dtype == "auto":
+        compute_dtype = "bfloat16" if fast_bf16(device) else "float32"
+    return {"decoder": decoder, "dtype": compute_dtype}
 
 
 @dataclass

@@ -1,0 +1,144 @@
+"""The schedule of a continuous-batching call: which prompt takes which slot, and when a row ends.
+
+``decode_slots`` is ``imm.sampling.decode.decode``'s contract (new ids per (prompt, sample) row,
+prompt-major; each row's ending) over ``imm.sampling.slots``: prompts wait in a queue; whenever enough
+slots are free, the next prompts are prefilled together, each prompt's n samples copying its prefill,
+and every step decodes one token for all rows. A row that emits EOS, completes a stop string or (with
+``at_answer``) its first final-answer statement, or reaches ``max_new_tokens``, frees its slot.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+from imm.sampling.decode import ANSWER_TRIGGERS, _ended, nucleus_logits, stop_triggers
+from imm.sampling.slots import Packed, Slots
+
+ADMIT_SHARE = 8  # prompts are admitted once 1/ADMIT_SHARE of the slots are free (a prefill per few rows is slow)
+PREFILL_TOKENS = 4096  # most prompt tokens one prefill runs at once (its attention scores grow with the square)
+SHRINK_BELOW = 2  # with no prompt waiting, the slots shrink to the live rows once fewer than 1/SHRINK_BELOW live
+
+_PACKED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def packed(model, dtype: torch.dtype) -> Packed:
+    """``model``'s packed weights in ``dtype``, kept while the model lives and its weights are unchanged
+    (an in-place update, as SFT makes, bumps the tensors' version counters and repacks)."""
+    version = sum(p._version for p in model.parameters())
+    held = _PACKED.get(model)
+    if held is None or held[0] != (dtype, version):
+        held = ((dtype, version), Packed(model, dtype))
+        _PACKED[model] = held
+    return held[1]
+
+
+def decode_slots(model, tok, prompts: list[list[int]], prefix: list[int], *, n: int, temps: list[float],
+                 top_p: float, max_new_tokens: int, stops: tuple[str, ...], at_answer: bool, eos: set[int],
+                 generator: torch.Generator, rows: int, dtype: torch.dtype,
+                 reasons: list[str] | None = None, progress=None) -> list[list[int]]:
+    """New ids for each of ``prompts``' n samples (row i*n + j: prompt i's sample j at temps[j]); each
+    prompt's tokens follow the shared ``prefix``. ``rows``: slots decoded at once (a multiple of n).
+    ``progress``: called with the number of rows that ended at each step."""
+    rows = max(n, rows // n * n)
+    p = packed(model, dtype)
+    width = max(map(len, prompts)) + max_new_tokens
+    slots = Slots(p, prefix, rows, width)
+    dev = p.device
+    ends = tuple(stops) + (ANSWER_TRIGGERS if at_answer else ())
+    triggers = stop_triggers(tok, ends) if ends else set()
+    total = len(prompts) * n
+    out: list[list[int]] = [[] for _ in range(total)]
+    ending = ["length"] * total
+    owner = [-1] * rows  # the output row each slot decodes, -1 = free
+    nxt = torch.zeros(rows, dtype=torch.long, device=dev)  # each slot's last drawn token, fed at the next step
+    slot_temps = torch.zeros(rows, dtype=torch.float32, device=dev)
+    queue = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # longest first: prefill groups pad little
+    queue.reverse()  # pop() takes from the end
+
+    def take(slot_ids: list[int], logits: torch.Tensor) -> None:
+        """Draw each listed slot's next token and end the rows that are done."""
+        temps_here = slot_temps[slot_ids]
+        hot = sum(temps_of[owner[s]] > 0 for s in slot_ids)
+        drawn = draw(logits, temps_here, top_p, generator, hot)
+        nxt[slot_ids] = drawn
+        ended = 0
+        for s, t in zip(slot_ids, drawn.tolist()):
+            r = owner[s]
+            if t in eos:
+                ending[r], owner[s] = "eos", -1
+                ended += 1
+                continue
+            out[r].append(t)
+            if t in triggers and _ended(tok, out[r], stops, at_answer):
+                ending[r], owner[s] = "stop", -1
+            elif len(out[r]) >= max_new_tokens:
+                owner[s] = -1
+            ended += owner[s] < 0
+        if progress is not None and ended:
+            progress(ended)
+
+    temps_of = [temps[r % n] for r in range(total)]
+    while queue or any(o >= 0 for o in owner):
+        free = [s for s in range(slots.rows) if owner[s] < 0]
+        live = slots.rows - len(free)
+        if queue and len(free) >= n and (len(free) >= max(n, slots.rows // ADMIT_SHARE) or not live):
+            group = _next_group(queue, prompts, len(free) // n)
+            taken = free[:len(group) * n]
+            firsts = taken[::n]  # each prompt's first sample's slot; the other n - 1 copy it
+            logits = slots.prefill(torch.tensor(firsts, device=dev), [prompts[i] for i in group])
+            for g, i in enumerate(group):
+                for j in range(n):
+                    owner[taken[g * n + j]] = i * n + j
+            if n > 1:
+                rest = [s for s in taken if s not in firsts]
+                src = [taken[taken.index(s) // n * n] for s in rest]
+                slots.copy_slot(torch.tensor(src, device=dev), torch.tensor(rest, device=dev))
+                logits = logits.repeat_interleave(n, 0)
+            slot_temps[taken] = torch.tensor([temps_of[owner[s]] for s in taken], device=dev)
+            take(taken, logits)
+            continue
+        if not queue and 0 < live < slots.rows // SHRINK_BELOW and slots.rows > n:
+            alive = [s for s in range(slots.rows) if owner[s] >= 0]
+            idx = torch.tensor(alive, device=dev)
+            slots.keep_only(idx)
+            nxt, slot_temps = nxt[idx], slot_temps[idx]
+            owner = [owner[s] for s in alive]
+            continue
+        mask = torch.tensor([o >= 0 for o in owner], device=dev)
+        logits = slots.step(nxt, mask)
+        alive = [s for s in range(slots.rows) if owner[s] >= 0]
+        take(alive, logits[alive] if len(alive) < slots.rows else logits)
+    if reasons is not None:
+        reasons += ending
+    return out
+
+
+def draw(logits: torch.Tensor, temps: torch.Tensor, top_p: float, generator: torch.Generator, hot: int) -> torch.Tensor:
+    """One token per row: the argmax where the row's temperature is 0, else a draw from the softmax at
+    that temperature (within the top-p nucleus) by its inverse CDF, one uniform per row (torch.multinomial
+    takes ~130 ms for 128 rows of a 49k vocabulary on 2 cores; this a few ms). ``hot``: rows above 0."""
+    best = logits.max(-1).indices if hot < len(temps) else None  # max's indices: the first maximum, as argmax
+    if hot == 0:
+        return best
+    rows = torch.nonzero(temps > 0).squeeze(-1) if best is not None else None
+    sub, t = (logits, temps) if rows is None else (logits[rows], temps[rows])
+    scaled = nucleus_logits(sub, t, top_p) if top_p < 1.0 else sub / t[:, None]
+    cdf = scaled.softmax(-1).cumsum_(-1)
+    u = torch.rand(len(t), generator=generator, device=logits.device) * cdf[:, -1]
+    picked = torch.searchsorted(cdf, u[:, None], right=True).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
+    if best is None:
+        return picked
+    best[rows] = picked
+    return best
+
+
+def _next_group(queue: list[int], prompts: list[list[int]], room: int) -> list[int]:
+    """The next prompts to prefill together (the queue pops the longest first): at most ``room`` of them,
+    and no more padded tokens than PREFILL_TOKENS (the first one always goes)."""
+    group = [queue.pop()]
+    longest = len(prompts[group[0]])
+    while queue and len(group) < room and (len(group) + 1) * longest <= PREFILL_TOKENS:
+        group.append(queue.pop())
+    return group
