@@ -24,7 +24,7 @@ Writes to --out (default outputs/reports/<name>, name defaulting to the time):
   passk.png, passk.csv       Figs 8/13, where runs logged pass@k (eval.n > 1)
   schedules.{md,csv}, kl_ood.{png,csv}   per merge schedule, rule and α: final ID/OOD, KL to the base,
                              answer diversity, forgetting; OOD against KL over runs (imm/report/schedules.py)
-  paired.md                  paired differences with 95% intervals over test items × runs (bootstrap), p-values,
+  paired.md                  paired differences with 95% intervals over test items (× runs from 20 runs on), p-values,
                              Holm's correction across α: each final model against its base and the methods
                              against each other, one section per evaluation setting (imm/report/paired.py)
   mechanism.{md,csv}         testbed: what the models write out of domain at every stage (no answer, ran to
@@ -124,12 +124,13 @@ def evaluation_folders(uri: str, runs: list[RunRecord], dst: Path) -> list[Path]
 
 
 def write_paired(folders: list[Path], out: Path) -> tuple[list[Path], str]:
-    """paired.md: paired differences with 95% intervals over test items × runs (imm/report/paired.py)."""
+    """paired.md: paired differences with 95% intervals over test items, and over runs where a row has
+    enough of them (imm/report/paired.py)."""
     if not folders:
         return [], ""
     md = paired.report(folders)
-    (out / "paired.md").write_text("### Paired differences (points; 95% interval over test items × runs, "
-                                   f"p, Holm across α)\n\n{md}\n")
+    (out / "paired.md").write_text("### Paired differences (points; 95% interval over test items, × runs from "
+                                   f"{paired.MIN_BOOTSTRAP_RUNS} runs on; p, Holm across α)\n\n{md}\n")
     return [out / "paired.md"], md
 
 

@@ -14,10 +14,14 @@ final model it prints:
 - the difference between methods at the final iteration (same seeds, same items);
 - the share of right OOD answers with sound steps, for the base and each final model;
 
-each with a 95% percentile interval from a two-level bootstrap (runs drawn with replacement, then
-items drawn with replacement within the draw, the same items for both models: the noise of the
-test items and of the seeds both enter), a bootstrap p-value, and for the IMM comparisons with the
-base over several α values (or merge rules and schedules) a Holm correction (``p_holm``) across them.
+each with a 95% percentile interval from a bootstrap, a bootstrap p-value, and for the IMM
+comparisons with the base over several α values (or merge rules and schedules) a Holm correction
+(``p_holm``) across them. Every bootstrap draw resamples the test items with replacement, the same
+items for both models and for every run (the runs share the test items: an item hard for one seed
+is hard for the others). It resamples the runs too only where a row has at least
+``MIN_BOOTSTRAP_RUNS`` (20) of them (imm.report.intervals: at 3 runs a bootstrap over runs covers
+under 80%); with fewer the runs are held fixed, so the interval and p-value speak of the test items'
+noise for these runs, not of the seeds', the table says so, and each run's own value is listed.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from imm.report.intervals import MIN_BOOTSTRAP_RUNS
 from imm.report.tables import schedule_label
 
 ID_SETS, OOD_SETS = ("id_addsub",), ("ood_wording", "ood_mult", "ood_multistep")  # the testbed's
@@ -61,27 +66,38 @@ class Interval:
         return f"{self.mean:+.1f} [{self.lo:+.1f}, {self.hi:+.1f}]"
 
 
-def _draws(n_seeds: int, n_items: int, boot: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    return rng.integers(0, n_seeds, (boot, n_seeds)), rng.integers(0, n_items, (boot, n_seeds, n_items))
+def _draws(n_runs: int, n_items: int, boot: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Each draw's runs (boot × runs × 1) and items (boot × 1 × items), to index a runs × items matrix:
+    runs with replacement from MIN_BOOTSTRAP_RUNS runs on, else every run once; items with
+    replacement, the same ones for every run."""
+    items = rng.integers(0, n_items, (boot, 1, n_items))
+    if n_runs < MIN_BOOTSTRAP_RUNS:
+        return np.arange(n_runs)[None, :, None], items
+    return rng.integers(0, n_runs, (boot, n_runs, 1)), items
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, boot: int = 2000, seed: int = 0) -> Interval:
-    """Mean of ``a - b`` (seeds × items, 0/1 or any score) in points, its 95% interval and p-value."""
+    """Mean of ``a - b`` (runs × items, 0/1 or any score) in points, its 95% interval and p-value."""
     d = (np.asarray(a, float) - np.asarray(b, float)) * 100
-    seeds, items = _draws(*d.shape, boot, np.random.default_rng(seed))
-    stats = d[seeds[..., None], items].mean(axis=(1, 2))
+    runs, items = _draws(*d.shape, boot, np.random.default_rng(seed))
+    stats = d[runs, items].mean(axis=(1, 2))
     p = min(1.0, 2 * min((stats <= 0).mean(), (stats >= 0).mean()))
     return Interval(float(d.mean()), *np.percentile(stats, [2.5, 97.5]).tolist(), p)
 
 
 def share_bootstrap(hit: np.ndarray, counted: np.ndarray, boot: int = 2000, seed: int = 0) -> Interval:
-    """A pooled share ``hit / counted`` (seeds × items, e.g. sound among right answers) in %, its interval."""
+    """A pooled share ``hit / counted`` (runs × items, e.g. sound among right answers) in %, its interval."""
     hit, counted = np.asarray(hit, float), np.asarray(counted, float)
-    seeds, items = _draws(*hit.shape, boot, np.random.default_rng(seed))
-    num = hit[seeds[..., None], items].sum(axis=(1, 2))
-    den = counted[seeds[..., None], items].sum(axis=(1, 2))
+    runs, items = _draws(*hit.shape, boot, np.random.default_rng(seed))
+    num = hit[runs, items].sum(axis=(1, 2))
+    den = counted[runs, items].sum(axis=(1, 2))
     stats = 100 * num / np.maximum(den, 1)
     return Interval(float(100 * hit.sum() / max(counted.sum(), 1)), *np.percentile(stats, [2.5, 97.5]).tolist(), 1.0)
+
+
+def per_run(values, fmt: str) -> str:
+    """Each run's value, as a row with fewer than MIN_BOOTSTRAP_RUNS runs lists them ("" from there on)."""
+    return ", ".join(fmt.format(v) for v in values) if len(values) < MIN_BOOTSTRAP_RUNS else ""
 
 
 def holm(pvalues: list[float]) -> list[float]:
@@ -189,7 +205,7 @@ def report(jobs: list[Path], boot: int = 2000) -> str:
 
 def _report(jobs: list[Path], boot: int) -> str:
     found, id_sets, ood_sets = groups(jobs)
-    lines = ["| comparison | runs | ID (points) | p | OOD (points) | p | p_holm (OOD) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    rows: list[list[str]] = []
     imm_rows: list[tuple[int, float]] = []
     finals: dict[tuple[str, float], tuple[list[Unit], list[list[dict]]]] = {}
     for (method, alpha), by_seed in sorted(found.items()):
@@ -197,13 +213,11 @@ def _report(jobs: list[Path], boot: int) -> str:
         final = [by_seed[s][final_label(by_seed[s], method.split()[0])] for s in seeds]
         base = [by_seed[s]["Base"] for s in seeds]
         finals[(method, alpha)] = (seeds, final)
-        cells = [paired_bootstrap(matrix(final, sets, right), matrix(base, sets, right), boot) for sets in (id_sets, ood_sets)]
-        name = label(method, alpha)
-        lines.append(f"| {name} final − Base | {len(seeds)} | {cells[0]} | {cells[0].p:.3f} | {cells[1]} | {cells[1].p:.3f} | |")
+        rows.append(_difference_row(f"{label(method, alpha)} final − Base", final, base, (id_sets, ood_sets), boot))
         if method.split()[0] == "imm":
-            imm_rows.append((len(lines) - 1, cells[1].p))
+            imm_rows.append((len(rows) - 1, float(rows[-1][5])))
     for (i, _), p in zip(imm_rows, holm([p for _, p in imm_rows])):
-        lines[i] = lines[i][:-3] + f"| {p:.3f} |"
+        rows[i][6] = f"{p:.3f}"
     keys = sorted(finals)
     for i, a in enumerate(keys):
         for b in keys[i + 1:]:
@@ -211,16 +225,17 @@ def _report(jobs: list[Path], boot: int) -> str:
             if not common:
                 continue
             pick = lambda k: [finals[k][1][finals[k][0].index(s)] for s in common]  # noqa: E731
-            cells = [paired_bootstrap(matrix(pick(a), sets, right), matrix(pick(b), sets, right), boot)
-                     for sets in (id_sets, ood_sets)]
-            lines.append(f"| {label(*a)} − {label(*b)}, final | {len(common)} | {cells[0]} | {cells[0].p:.3f} | "
-                         f"{cells[1]} | {cells[1].p:.3f} | |")
+            rows.append(_difference_row(f"{label(*a)} − {label(*b)}, final", pick(a), pick(b), (id_sets, ood_sets), boot))
+    lines = _held_fixed_note([int(r[1]) for r in rows])
+    lines += ["| comparison | runs | ID (points) | p | OOD (points) | p | p_holm (OOD) | ID per run | OOD per run |",
+              "|---|---:|---:|---:|---:|---:|---:|---|---|"] + ["| " + " | ".join(r) + " |" for r in rows]
     bases = {unit: evals["Base"] for by_unit in found.values() for unit, evals in by_unit.items()}
     has_steps = any(r.get("steps") for by_seed in found.values() for evals in by_seed.values()
-                    for rows in evals.values() for r in rows)
+                    for recs in evals.values() for r in recs)
     if not has_steps:  # benchmark files: no step classes to share out
         return "\n".join(lines)
-    lines += ["", "| model | runs | right OOD answers | sound among them (%) | 95% interval |", "|---|---:|---:|---:|---|"]
+    lines += ["", "| model | runs | right OOD answers | sound among them (%) | 95% interval | per run (%) |",
+              "|---|---:|---:|---:|---|---|"]
     if bases:  # every run's base model once
         lines.append(_sound_row("Base", [bases[u] for u in sorted(bases)], boot, ood_sets))
     for (method, alpha), (seeds, final) in sorted(finals.items()):
@@ -228,12 +243,33 @@ def _report(jobs: list[Path], boot: int) -> str:
     return "\n".join(lines)
 
 
+def _difference_row(name: str, a: list[list[dict]], b: list[list[dict]], sets: tuple[tuple, tuple], boot: int) -> list[str]:
+    """comparison, runs, ID interval and p, OOD interval and p, p_holm (filled in later), each run's
+    ID and OOD difference (where the runs are held fixed)."""
+    cells, runs = [], []
+    for names in sets:
+        x, y = matrix(a, names, right), matrix(b, names, right)
+        cells.append(paired_bootstrap(x, y, boot))
+        runs.append(per_run(100 * (x - y).mean(axis=1), "{:+.1f}"))
+    return [name, str(len(a)), str(cells[0]), f"{cells[0].p:.3f}", str(cells[1]), f"{cells[1].p:.3f}", "", *runs]
+
+
+def _held_fixed_note(runs: list[int]) -> list[str]:
+    """The sentence above a table whose rows have fewer runs than a bootstrap over runs needs."""
+    if not runs or min(runs) >= MIN_BOOTSTRAP_RUNS:
+        return []
+    return [f"Rows with fewer than {MIN_BOOTSTRAP_RUNS} runs give no interval over runs: their intervals and "
+            "p-values resample the test items with the runs held fixed (the test items' noise, not the "
+            "seeds'); each run's own difference is listed.", ""]
+
+
 def _sound_row(name: str, rows_by_seed: list[list[dict]], boot: int, ood_sets: tuple[str, ...]) -> str:
     first = lambda r: (r.get("steps") or ["wrong"])[0]  # noqa: E731  (greedy pass@1: the one sample)
     sound = matrix(rows_by_seed, ood_sets, lambda r: float(first(r) == "sound"))
     counted = matrix(rows_by_seed, ood_sets, lambda r: float(first(r) != "wrong"))
     s = share_bootstrap(sound, counted, boot)
-    return f"| {name} | {len(rows_by_seed)} | {int(counted.sum())} | {s.mean:.1f} | [{s.lo:.1f}, {s.hi:.1f}] |"
+    shares = per_run(100 * sound.sum(axis=1) / np.maximum(counted.sum(axis=1), 1), "{:.1f}")
+    return f"| {name} | {len(rows_by_seed)} | {int(counted.sum())} | {s.mean:.1f} | [{s.lo:.1f}, {s.hi:.1f}] | {shares} |"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,18 +5,19 @@
   last round's samples and the OOD items forgotten since the base (raw and chance-corrected),
   mean ± sample std over seeds; vanilla runs as the no-merge reference;
 - ``kl_ood.png``: final OOD pass@1 against KL(π_base‖π) on ID prompts, one point per run, and their
-  Pearson correlation with a bootstrap 95% interval (resampling runs): does KL predict forgetting here?
+  Pearson correlation with n, Fisher's 95% interval and a permutation p-value (imm.report.intervals;
+  below 4 runs no interval, the runs listed): does KL predict forgetting here?
 
 Only runs that logged the KL (run.kl_prompts > 0) enter. Run through ``python -m imm.report``.
 """
 
 from __future__ import annotations
 
-import random
-import statistics
+import textwrap
 from pathlib import Path
 
 from imm.report import render
+from imm.report.intervals import correlation_note
 from imm.report.tables import RunRecord, final_kind, metric_at, schedule_label, stat
 
 # (column, metric under eval/<final kind>/ or a gen/ key, shown in percent)
@@ -67,25 +68,6 @@ def cell(s, percent: bool) -> str:
     return f"{s.mean:.3f}" if s.n < 2 else f"{s.mean:.3f} ± {s.std:.3f}"
 
 
-def pearson(xs: list[float], ys: list[float]) -> float:
-    return statistics.correlation(xs, ys) if len(xs) > 2 and len(set(xs)) > 1 and len(set(ys)) > 1 else float("nan")
-
-
-def bootstrap_ci(xs: list[float], ys: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """The 2.5% and 97.5% quantiles of Pearson's r over ``n`` resamples of the points (with replacement);
-    resamples with a constant coordinate are skipped."""
-    rng, pairs, rs = random.Random(seed), list(zip(xs, ys)), []
-    for _ in range(n):
-        sample = [pairs[rng.randrange(len(pairs))] for _ in pairs]
-        r = pearson([a for a, _ in sample], [b for _, b in sample])
-        if r == r:
-            rs.append(r)
-    if not rs:
-        return float("nan"), float("nan")
-    rs.sort()
-    return rs[int(0.025 * (len(rs) - 1))], rs[int(0.975 * (len(rs) - 1))]
-
-
 def kl_ood_points(runs: list[RunRecord]) -> list[dict[str, object]]:
     points = []
     for r in grid_runs(runs):
@@ -97,16 +79,18 @@ def kl_ood_points(runs: list[RunRecord]) -> list[dict[str, object]]:
     return points
 
 
-def kl_ood_figure(points: list[dict], out: Path, title: str) -> tuple[Path, str]:
-    """The scatter and the sentence giving r and its interval."""
+def kl_ood_note(points: list[dict]) -> str:
+    """The sentence giving r over the runs, n, its interval and p (or the runs, below the minimum)."""
+    return correlation_note([p["kl_forward"] for p in points], [p["ood"] for p in points], "r(KL fwd, OOD)")
+
+
+def kl_ood_figure(points: list[dict], out: Path, title: str, note: str) -> Path:
+    """The scatter, the note under its title."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    xs, ys = [p["kl_forward"] for p in points], [p["ood"] for p in points]
-    r, (lo, hi) = pearson(xs, ys), bootstrap_ci(xs, ys)
-    note = f"Pearson r(KL fwd, OOD) = {r:.2f}, bootstrap 95% interval [{lo:.2f}, {hi:.2f}] over {len(points)} runs"
     fig, ax = plt.subplots(figsize=(6, 4.5))
     markers = dict(zip(sorted({p["rule"] for p in points}), "osD^vP*Xx+"))
     for i, schedule in enumerate(sorted({p["schedule"] for p in points})):
@@ -117,12 +101,12 @@ def kl_ood_figure(points: list[dict], out: Path, title: str) -> tuple[Path, str]
                            color=f"C{i}", label=f"{schedule} / {rule}", alpha=0.8)
     ax.set_xlabel("KL(π_base ‖ π) per response token, held-out ID prompts")
     ax.set_ylabel("final OOD pass@1 (%)")
-    ax.set_title(f"{title}\n{note}", fontsize=9)
+    ax.set_title(f"{title}\n{textwrap.fill(note, 90)}", fontsize=8)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "kl_ood.png", dpi=120)
     plt.close(fig)
-    return out / "kl_ood.png", note
+    return out / "kl_ood.png"
 
 
 def schedule_files(runs: list[RunRecord], out: Path, title: str) -> tuple[list[Path], str]:
@@ -133,8 +117,8 @@ def schedule_files(runs: list[RunRecord], out: Path, title: str) -> tuple[list[P
     points = kl_ood_points(runs)
     files, note = [], ""
     if len(points) > 2:
-        fig, note = kl_ood_figure(points, out, title)
-        files += [render.write_records(out / "kl_ood.csv", points), fig]
+        note = kl_ood_note(points)
+        files += [render.write_records(out / "kl_ood.csv", points), kl_ood_figure(points, out, title, note)]
     md = render.markdown(header, body, "final model (merged where the schedule merged) after the last round; "
                                        "pass@1, verified and forgotten in %, KL in nats per response token; "
                                        "mean ± sample std over seeds" + (f". {note}" if note else ""))

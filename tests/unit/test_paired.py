@@ -1,10 +1,14 @@
-"""Paired bootstrap over test items × seeds, Holm's correction, and the table from job folders."""
+"""Paired bootstrap over test items (and runs, from MIN_BOOTSTRAP_RUNS on), Holm's correction, and the
+table from job folders: p-values and intervals against the exact bootstrap distribution of small cases,
+calibration under no difference, coverage by simulation, and the runs listed where they are held fixed."""
 
 import json
 
 import numpy as np
 import pytest
 
+from imm.report import paired
+from imm.report.intervals import MIN_BOOTSTRAP_RUNS
 from imm.report.paired import holm, paired_bootstrap, report, share_bootstrap
 
 
@@ -30,11 +34,71 @@ def test_share_interval_is_a_ratio_of_pooled_counts():
     hit, counted = np.array([[1, 0, 0, 0]] * 2), np.array([[1, 1, 0, 0]] * 2)
     s = share_bootstrap(hit, counted, boot=300)
     assert s.mean == 50.0 and 0 <= s.lo <= 50 <= s.hi <= 100
+    # 3 of 4 counted answers hit: 75%, not the mean of the items' shares
+    assert share_bootstrap(np.array([[1, 1, 1, 0]]), np.array([[1, 1, 2, 0]]), boot=50).mean == 75.0
+    # one run, items (hit, counted) = (1, 1), (0, 1): resampled shares 0, 50, 50, 100
+    exact = share_bootstrap(np.array([[1, 0]]), np.array([[1, 1]]), boot=4000)
+    assert (exact.mean, exact.lo, exact.hi) == (50.0, 0.0, 100.0)
 
 
 def test_holm():
-    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])  # 3·0.01, 2·0.03, max(0.06, 1·0.04)
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])  # 3·0.01, 2·0.02, then 1·0.04
+    assert holm([0.3, 0.6]) == pytest.approx([0.6, 0.6]) and holm([0.6, 0.7]) == [1.0, 1.0]  # capped at 1
     assert holm([0.5]) == [0.5]
+
+
+def test_p_and_interval_against_the_exact_bootstrap_distribution():
+    # one run, items d = +100, 0: the four equally likely resamples have means 0, 50, 50, 100, so
+    # P(mean ≤ 0) = 1/4, P(mean ≥ 0) = 1, p = 2 · 1/4, and the 2.5% and 97.5% quantiles are 0 and 100
+    two = paired_bootstrap(np.array([[1, 0]]), np.array([[0, 0]]), boot=10000)
+    assert (two.mean, two.lo, two.hi) == (50.0, 0.0, 100.0) and two.p == pytest.approx(0.5, abs=0.03)
+    # d = +100, 0, 0: P(mean ≤ 0) = P(the gained item never drawn) = (2/3)³, p = 16/27
+    three = paired_bootstrap(np.array([[1, 0, 0]]), np.array([[0, 0, 0]]), boot=20000)
+    assert three.p == pytest.approx(16 / 27, abs=0.02)
+    lost = paired_bootstrap(np.array([[0, 0, 0]]), np.array([[1, 0, 0]]), boot=20000)
+    assert lost.mean == pytest.approx(-100 / 3) and lost.p == pytest.approx(16 / 27, abs=0.02)
+
+
+def test_p_is_calibrated_under_no_difference():
+    """Two models that agree on most items and differ at random on the rest: p < 0.05 about 5% of the time."""
+    rng = np.random.default_rng(2)
+    p = []
+    for i in range(300):
+        a = rng.integers(0, 2, (3, 100))
+        b = np.where(rng.random((3, 100)) < 0.1, 1 - a, a)
+        p.append(paired_bootstrap(a, b, boot=400, seed=i).p)
+    assert 0.02 <= np.mean(np.array(p) < 0.05) <= 0.09
+
+
+def _coverage(n_runs, draws=400, items=40):
+    """How often the interval covers its target when runs and items both shift the difference (an
+    item's effect shared by every run): the runs' own mean held fixed, the population's resampled."""
+    rng, hits = np.random.default_rng(0), 0
+    for i in range(draws):
+        u, v = rng.normal(0, 1, (n_runs, 1)), rng.normal(0, 0.5, (1, items))
+        d = (u + v + rng.normal(0, 1, (n_runs, items))) / 100
+        iv = paired_bootstrap(d, np.zeros_like(d), boot=200, seed=i)
+        target = u.mean() if n_runs < paired.MIN_BOOTSTRAP_RUNS else 0.0
+        hits += iv.lo <= target <= iv.hi
+    return hits / draws
+
+
+def test_intervals_cover_below_and_from_the_minimum_and_a_bootstrap_over_three_runs_would_not(monkeypatch):
+    assert _coverage(3) >= 0.89  # runs held fixed: an interval for these runs (about 0.92)
+    assert _coverage(MIN_BOOTSTRAP_RUNS) >= 0.9  # runs resampled: an interval for the seeds (about 0.94)
+    monkeypatch.setattr(paired, "MIN_BOOTSTRAP_RUNS", 3)
+    assert _coverage(3) < 0.85  # what resampling 3 runs gave (about 0.78): no 95% interval
+
+
+def test_runs_are_resampled_from_the_minimum_on():
+    """Two kinds of run, one gaining on every item and one on none: held fixed, every draw's mean is
+    their mean; resampled, the draws spread."""
+    few = paired_bootstrap(np.array([[1, 1], [0, 0]]), np.zeros((2, 2)), boot=300)
+    assert (few.mean, few.lo, few.hi) == (50.0, 50.0, 50.0)
+    half = MIN_BOOTSTRAP_RUNS // 2
+    many = paired_bootstrap(np.array([[1, 1]] * half + [[0, 0]] * half), np.zeros((2 * half, 2)), boot=300)
+    assert many.lo < 40 and many.hi > 60
 
 
 def _job(root, name, method, alpha, seed, final, rows_by_label, model="testbed", split="test"):
@@ -62,6 +126,15 @@ def test_report_pairs_each_final_model_with_the_base(tmp_path):
     assert "| imm (α 0.7) final − Base | 2 | +0.0 [+0.0, +0.0] | 1.000 | +0.0 [+0.0, +0.0] | 1.000 | 1.000 |" in text
     assert "| imm (α 0.7) − vanilla, final | 2 | -50.0" in text
     assert "| Base | 2 | 40 | 100.0 |" in text and "| vanilla final | 2 | 80 | 100.0 |" in text
+    assert f"fewer than {MIN_BOOTSTRAP_RUNS} runs give no interval over runs" in text
+
+
+def test_rows_below_the_minimum_list_each_runs_difference(tmp_path):
+    base = [0] * 40
+    jobs = [_job(tmp_path, f"v{s}", "vanilla", 0.5, s, "SFT1", {"Base": base, "SFT1": [1] * gain + [0] * (40 - gain)})
+            for s, gain in ((0, 10), (1, 30))]  # run 0 gains 10 of 40 items, run 1 gains 30
+    row = next(r for r in report(jobs, boot=100).splitlines() if r.startswith("| vanilla final − Base"))
+    assert row.startswith("| vanilla final − Base | 2 | +50.0 [") and row.endswith("| +25.0, +75.0 | +25.0, +75.0 |")
 
 
 def test_sets_come_from_the_jobs_config():

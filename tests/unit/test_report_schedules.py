@@ -1,12 +1,13 @@
 """The merge-schedule report from hand-built run records: grouping by schedule, rule and α, the final
-model a steps run is read from, the KL–OOD correlation and its bootstrap interval, and grid points
-kept apart by rule and schedule."""
+model a steps run is read from, the KL–OOD correlation's sentence (Fisher's interval and the
+permutation p-value; no interval below 4 runs), and grid points kept apart by rule and schedule."""
 
 import math
 
 import pytest
 
-from imm.report.schedules import bootstrap_ci, kl_ood_points, pearson, schedule_table
+from imm.report.intervals import pearson
+from imm.report.schedules import kl_ood_points, schedule_files, schedule_table
 from imm.report.tables import RunRecord, final_kind, select
 
 
@@ -38,14 +39,25 @@ def test_grid_points_differ_by_rule_and_schedule():
     assert [r.run_id for r in kept] == ["r0", "r1", "r3"]  # r3 reruns r2's grid point
 
 
-def test_correlation_and_bootstrap_interval():
+def test_correlation():
     xs = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
     assert pearson(xs, [1 - x for x in xs]) == pytest.approx(-1.0)
-    assert bootstrap_ci(xs, [2 * x for x in xs]) == pytest.approx((1.0, 1.0))
-    noisy = [0.3, 0.1, 0.4, 0.1, 0.5, 0.9]
-    lo, hi = bootstrap_ci(xs, noisy, n=500)
-    assert -1 <= lo < pearson(xs, noisy) < hi <= 1
+    assert pearson(xs, [0.3, 0.1, 0.4, 0.1, 0.5, 0.9]) == pytest.approx(0.195 / math.sqrt(0.175 * 0.448333))  # Σx'y' / √(Σx'² Σy'²)
     assert math.isnan(pearson([0.1, 0.1, 0.1], [1, 2, 3]))
+
+
+def test_the_table_gives_n_fishers_interval_and_p_and_below_four_runs_none(tmp_path, monkeypatch):
+    """Four runs on a line of slope −1: r = −1.00 over n = 4, the interval the point itself, exact
+    permutation p 2/24 (the line and its reverse); three runs: no interval, the runs themselves."""
+    from imm.report import schedules
+    monkeypatch.setattr(schedules, "kl_ood_figure", lambda points, out, title, note: out / "kl_ood.png")
+    runs = [run(i, "round", "della", 0.5, i, 0.4 - 0.1 * i, 0.1 * (i + 1)) for i in range(4)]
+    _, md = schedule_files(runs, tmp_path, "grid")
+    assert "Pearson r(KL fwd, OOD) = -1.00 over n = 4 runs, Fisher 95% interval [-1.00, -1.00], " \
+           "permutation p = 0.083" in md
+    assert "bootstrap" not in md
+    _, few = schedule_files(runs[:3], tmp_path, "grid")
+    assert "over 3 runs: no interval below 4 runs; the runs: (0.1, 0.4), (0.2, 0.3), (0.3, 0.2)" in few
 
 
 def test_points_carry_kl_and_ood_per_run():
@@ -84,7 +96,7 @@ def test_the_report_title_reaches_the_schedule_figure(tmp_path, monkeypatch):
     """The tables' own headings do not replace the report's title on the figures drawn after them."""
     from imm.report import cli, schedules
     seen = []
-    monkeypatch.setattr(schedules, "kl_ood_figure", lambda points, out, title: (seen.append(title), (out, ""))[1])
+    monkeypatch.setattr(schedules, "kl_ood_figure", lambda points, out, title, note: (seen.append(title), out)[1])
     runs = [run(i, "round", "della", 0.5, i, 0.1 * i, 0.1 * i) for i in range(3)]
     cli.build(runs, tmp_path, "imm", 0.5, "my grid")
     assert seen == ["my grid"]
