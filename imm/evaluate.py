@@ -1,8 +1,9 @@
 """Evaluation: pass@k on every test set (pass@1 greedy by default), with ID and OOD means, and per
 set the share of samples with no readable final answer and the number of checks that timed out
 (so format drift after SFT is not read as lost reasoning); for testbed sets also the shares of
-sound, shortcut and flawed reasoning among the right answers (imm/reasoning.py), the share of
-samples and of right answers in each surface form, and the mechanism rates (imm/mechanism.py)."""
+sound, shortcut and flawed reasoning among the right answers (imm/analysis/reasoning.py), the
+share of samples and of right answers in each surface form, and the mechanism rates
+(imm/analysis/mechanism.py)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import List
 
-from imm import mechanism
+from imm.analysis import mechanism
+from imm.analysis.reasoning import item_records, step_metrics
 from imm.sampling import complete, ending_shares
 from imm.sampling.decode import shared_prefix
 from imm.grading.checks import grade_groups
 from imm.grading.passk import mean_pass_at_k
-from imm.reasoning import item_records, step_metrics
 
 
 @dataclass
@@ -89,7 +90,7 @@ def evaluate(model, tok, data, prompt_fn, cfg: EvalConfig, desc: str = "eval", c
 
     ``compile``: decode on the static, compiled path (imm.sampling.complete); ``decoding``: the decoder
     and its dtype (imm.sampling.engine.decoding_plan).
-    ``records``: a list that receives one row per test item (imm.reasoning.item_records)."""
+    ``records``: a list that receives one row per test item (imm.analysis.reasoning.item_records)."""
     metrics: dict[str, float] = {}
     rows: list[dict] = []
     # a group's sets are graded in a thread while the model decodes the next group (the checks run in the

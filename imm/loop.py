@@ -12,7 +12,7 @@ merge.schedule moves the merge (imm/merge/schedule.py): ``round`` as above; ``fi
 last round only (the rounds before run as vanilla); ``steps`` inside SFT, every merge.every steps.
 
 On the testbed the kept samples and the right test answers are also read step by step (sound,
-shortcut, flawed: imm/reasoning.py), and every evaluation logs which items were forgotten or newly
+shortcut, flawed: imm/analysis/reasoning.py), and every evaluation logs which items were forgotten or newly
 solved since the base model. ``lineage.jsonl`` in the job folder names each stage's input model.
 
 Every stage goes through the stage store (imm/stages.py): outputs shared between jobs are computed
@@ -34,10 +34,10 @@ from imm.data import load_data
 from imm.merge.rules import get as get_rule, importance_scales
 from imm.merge.schedule import merges_after
 from imm.models import load_tokenizer
-from imm.reasoning import transitions
 from imm.store import StageStore, write_jsonl
 from imm.tracking import Tracker
 from imm.analysis.forgetting import chance_corrected, chance_level, verified_pass1
+from imm.analysis.reasoning import transitions
 from imm.analysis.weight_change import weight_change
 
 log = logging.getLogger(__name__)

@@ -28,13 +28,13 @@ from imm.grading.filtering import keep_correct
 from imm.analysis.divergence import held_out, response_kl
 from imm.analysis.diversity import answer_diversity, answer_key
 from imm.analysis.importance import layer_importance
+from imm.analysis.mechanism import kept_forms
+from imm.analysis.reasoning import kept_shares, kept_step_classes
 from imm.merge.engine import merge_checkpoints
 from imm.merge.schedule import StepPull
 from imm.models import ModelConfig, device_kind, load_model, resolve_device
 from imm.sampling.engine import decoding_plan
 from imm.sampling.slots import packs
-from imm.mechanism import kept_forms
-from imm.reasoning import kept_shares, kept_step_classes
 from imm.sampling import ENGINE_KEYS, ending_shares
 from imm.grading.answers import trails_answer
 from imm.store import StageStore, digest, read_json, read_jsonl, write_json, write_jsonl

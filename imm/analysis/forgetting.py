@@ -1,7 +1,7 @@
 """Per-item forgetting with a chance correction, and Verified pass@1, from evaluation records.
 
 **Forgetting** ("Mapping Post-Training Forgetting", arXiv 2510.17776) counts items that went right →
-wrong (forgotten) and wrong → right (newly solved) between two models; ``imm.reasoning.transitions``
+wrong (forgotten) and wrong → right (newly solved) between two models; ``imm.analysis.reasoning.transitions``
 logs these raw shares. Part of them is luck: an item a model does not know can still come out right
 by chance g. The paper subtracts what guessing explains; here that is done under the model "an item
 is known (always right) or unknown (right with chance g, independently per evaluation)", where the

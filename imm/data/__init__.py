@@ -1,4 +1,6 @@
-"""Training questions and test sets (``load_data``), by ``dataset.kind``:
+"""Training questions and test sets: ``load_data``, the benchmark loaders, few-shot prompts and the testbed world.
+
+By ``dataset.kind``:
 
 - ``testbed``: the testbed world's generated problems (:mod:`imm.data.world`), an ID family and
   three OOD families;

@@ -1,4 +1,4 @@
-"""Grading: is a sample's final answer the gold one?
+"""Grading: reading a sample's final answer, checking it against the gold one, keeping correct samples, pass@k.
 
 - :mod:`imm.grading.answers`    stop strings, option letters, reading a sample's final answer
 - :mod:`imm.grading.checks`     comparing it with the gold (numbers, LaTeX, option letters), with counts

@@ -1,6 +1,6 @@
 """The end-of-run view: a short ID/OOD table per stage and the per-iteration plot (paper Figs 6/7).
 
-On the testbed the table also reads the reasoning (imm/reasoning.py): per model, the sound share of
+On the testbed the table also reads the reasoning (imm/analysis/reasoning.py): per model, the sound share of
 its right ID and OOD answers and the share of OOD items it forgot since the base model; per
 iteration, the sound / shortcut / flawed shares of the kept samples that trained it."""
 

@@ -1,5 +1,5 @@
 """What the models write out of domain, at every evaluated stage of every method line (testbed runs):
-the readings of imm/mechanism.py, logged per set by each evaluation, as one table — mean ± sample
+the readings of imm/analysis/mechanism.py, logged per set by each evaluation, as one table — mean ± sample
 std over seeds (%; the equation gap in equations per item). A reader tells there whether a model
 that loses OOD accuracy stops answering, runs out of tokens, copies the question's first number,
 drops the product, writes fewer equations than the problem needs, or stops applying the problem's

@@ -12,7 +12,7 @@ Testbed runs log these; a run on benchmarks without step structure has none and 
 
 from __future__ import annotations
 
-from imm.reasoning import SHARES
+from imm.analysis.reasoning import SHARES
 from imm.report.render import fmt
 from imm.report.tables import SUMMARY_SETS, RunRecord, base_value, final_kind, method_lines, metric_at, stat
 

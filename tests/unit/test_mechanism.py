@@ -2,7 +2,7 @@
 
 import pytest
 
-from imm.mechanism import kept_forms, reading, set_metrics
+from imm.analysis.mechanism import kept_forms, reading, set_metrics
 
 MULT = {"question": "Mia buys 3 bags of cookies with 4 cookies in each bag. She eats 2. "
                     "How many cookies does she have now?", "answer": "10", "solution": "", "family": "ood_mult"}

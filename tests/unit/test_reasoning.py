@@ -2,7 +2,7 @@
 
 import pytest
 
-from imm.reasoning import item_records, kept_shares, kept_step_classes, step_metrics, transitions
+from imm.analysis.reasoning import item_records, kept_shares, kept_step_classes, step_metrics, transitions
 
 ID = {"question": "Tom has 23 apples. He buys 5 more and then gives away 3. How many apples does he have now?",
       "answer": "25", "solution": "23 + 5 = 28. 28 - 3 = 25. The answer is 25.", "family": "id_addsub"}

@@ -22,7 +22,7 @@ how the item's gold solution was rendered:
 
 Text after the final answer statement (a new exemplar, trailing words) is not read; an equation in
 the answer line is. ``form`` names a solution's surface style apart from its class (``FORMS``), and
-``procedure`` whether its operations are the problem's with the arithmetic aside (``imm.mechanism``).
+``procedure`` whether its operations are the problem's with the arithmetic aside (``imm.analysis.mechanism``).
 
     check_steps(sample_text, item)   -> "sound" | "shortcut" | "flawed" | "wrong"
     step_shares(texts, items)        -> {"sound": .., "shortcut": .., "flawed": .., "n_correct": ..}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from imm import mechanism
+from imm.analysis import mechanism
 from imm.data.world.steps import CLASSES, check_steps
 
 SHARES = CLASSES[:3]  # sound, shortcut, flawed: the classes of a right answer
@@ -34,7 +34,7 @@ def item_records(set_name: str, outs: list[list[str]], items: list[dict],
                  verdicts: list[list[bool]], at_limit: list[list[bool]] | None = None) -> list[dict]:
     """One row per test item: set, index, samples n, how many were right, whether the first was, its
     text, and for testbed items the step class of each sample ("wrong" where the grade says wrong)
-    and its mechanism readings (``imm.mechanism.reading``; ``at_limit``: which samples used every
+    and its mechanism readings (``imm.analysis.mechanism.reading``; ``at_limit``: which samples used every
     new token allowed, when the decoder reported it)."""
     rows = []
     for i, (texts, item, ok) in enumerate(zip(outs, items, verdicts, strict=True)):
