@@ -1,5 +1,6 @@
 """The per-round diagnostics: KL to the base from logits, answer diversity, chance-corrected
-forgetting and Verified pass@1, as exact values on small hand-made inputs."""
+forgetting and Verified pass@1, as exact values on small hand-made inputs, and as an evaluation
+logs them against the base model's (imm.loop)."""
 
 import math
 from types import SimpleNamespace
@@ -9,7 +10,7 @@ import torch
 
 from imm.analysis.divergence import held_out, response_kl, token_kl
 from imm.analysis.diversity import answer_diversity, answer_key
-from imm.analysis.forgetting import SOUND, chance_corrected, chance_level, corrected, verified_pass1
+from imm.analysis.forgetting import SOUND, chance_corrected, chance_level, corrected, group_means, verified_pass1
 from imm.data.world.steps import CLASSES
 
 
@@ -99,3 +100,28 @@ def test_verified_pass1_needs_a_right_answer_with_sound_steps():
             {"set": "bench", "index": 0, "right": True}]  # no step classes: not counted
     out = verified_pass1(rows, {"id": ["s"], "ood": ["bench"]})
     assert out == {"s/verified": 0.5, "id/verified": 0.5}
+
+
+def test_group_means_are_over_the_sets_that_have_the_measure():
+    out = group_means({"a/verified": 0.2, "b/verified": 0.6}, {"ood": ["a", "b", "c"], "id": ["d"]}, ("verified",))
+    assert out == {"ood/verified": pytest.approx(0.4)}
+
+
+def test_an_evaluation_logs_verified_and_forgetting_since_the_base(tmp_path):
+    from imm.loop import Result, _Stages
+
+    logged = {}
+    tracker = SimpleNamespace(metrics=lambda m, step: logged.update({(k, step): v for k, v in m.items()}),
+                              artifact=lambda *a, **k: None)
+    stage = _Stages(Result(sets=["s"]), tracker, {"id": ["s"], "ood": []}, {"s": 0.1}, tmp_path)
+    rows = lambda rights: [{"set": "s", "index": i, "right": bool(r), "steps": ["sound" if r else "wrong"]}  # noqa: E731
+                           for i, r in enumerate(rights)]
+    stage.record("Base", "base", 0, {"s": 0.3}, rows([1, 1, 1, 0, 0, 0, 0, 0, 0, 0]))
+    stage.record("SFT 1", "sft", 1, {"s": 0.2}, rows([1, 0, 0, 1, 0, 0, 0, 0, 0, 0]))  # F 0.2, B 0.1, WW 0.6
+    assert logged[("eval/base/s/verified", 0)] == pytest.approx(0.3) and ("eval/base/s/forgotten", 0) not in logged
+    luck = 0.6 * 0.1 / 0.9
+    assert logged[("eval/sft/s/forgotten", 1)] == pytest.approx(0.2)
+    assert logged[("eval/sft/s/newly_solved", 1)] == pytest.approx(0.1)
+    assert logged[("eval/sft/id/forgotten_adj", 1)] == pytest.approx((0.2 - luck) / 0.9)
+    assert logged[("eval/sft/s/newly_solved_adj", 1)] == pytest.approx((0.1 - luck) / 0.9)
+    assert logged[("eval/sft/id/verified", 1)] == pytest.approx(0.2) and logged[("eval/sft/s", 1)] == 0.2
