@@ -27,6 +27,7 @@ from imm.config import validate
 from imm.plan import preflight
 from imm.plan.job import dry_run_data, plan_job, resources
 from imm.provenance import provenance
+from imm.redact import scrub
 from imm.store import StageStore, digest
 from imm.stages import decoding_of
 from imm.tracking import Tracker, grid_tags, source_tags
@@ -87,8 +88,9 @@ def main(dcfg: DictConfig) -> float:
     out = Path(cfg.run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     prov = provenance()
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(dcfg, resolve=True))
-    (out / "provenance.json").write_text(json.dumps(prov, indent=2))
+    params = OmegaConf.to_container(dcfg, resolve=True)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(scrub(params)))  # no secret on disk either (imm/redact.py)
+    (out / "provenance.json").write_text(json.dumps(scrub(prov), indent=2))
     res = resources(HydraConfig.get().launcher, cfg.plan)
     plan = plan_job(cfg, res, cfg.model.name)
     if cfg.run.dry_run:
@@ -108,7 +110,6 @@ def main(dcfg: DictConfig) -> float:
                        lock_stale_s=cfg.stages.lock_stale_s)
     tracker = Tracker(cfg.tracking)
     name = cfg.tracking.run_name or f"{cfg.method.name}-a{cfg.merge.alpha}-p{cfg.merge.p}-s{cfg.run.seed}"
-    params = OmegaConf.to_container(dcfg, resolve=True)
     params["run"].pop("dry_run")
     quiet_unused_libraries(cfg)
     decoding = {f"sampling.{k}": v for k, v in decoding_of(cfg.model).items()}  # auto resolved on this machine

@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 
 from imm.config import validate
 from imm.provenance import git_sha
+from imm.redact import scrub
 from imm.tracking import TrackingConfig, cluster_refusal, ensure_store, source_tags, start_sweep_run
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ class ValidateSweep(Callback):
             except Exception as e:
                 # Hydra turns a callback's Exception into a warning and launches anyway; SystemExit
                 # is not an Exception, so it stops the sweep here, with nothing run.
-                raise SystemExit(f"imm: job #{i} ({' '.join(overrides)}) has a bad config, nothing was "
+                raise SystemExit(f"imm: job #{i} ({scrub(' '.join(overrides))}) has a bad config, nothing was "
                                  f"launched: {type(e).__name__}: {e}") from e
         refuse_unplanned(config, jobs, typed)
         on_slurm = "Slurm" in str(config.hydra.launcher.get("_target_", ""))

@@ -1,4 +1,5 @@
-"""MLflow tracking: one run per job, tags for the grid point, params = the flattened config.
+"""MLflow tracking: one run per job, tags for the grid point, params = the flattened config, every value
+scrubbed of secrets (imm/redact.py).
 
 The SQLite store is created (schema + experiment) under a file lock before any job logs, because
 several jobs creating one database at once fail in its schema migration.
@@ -23,6 +24,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from imm.redact import refusal, scrub, scrubbed_file
+
 # read by MLflow 3's UI (mlflow.experimentKind): opens the experiment on its runs table, not on traces
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 SWEEP_KIND = "sweep"  # tags.kind of a sweep's parent run
@@ -35,6 +38,11 @@ class TrackingConfig:
     artifact_root: str = "???"  # where runs of a new experiment put artifacts (file path or URI; "mlflow-artifacts:" = the server's)
     experiment: str = "imm"  # experiment name; a sweep's runs share it to sit side by side
     run_name: str = ""  # MLflow run name; empty = method-alpha-p-seed
+
+    def __post_init__(self) -> None:
+        for name in ("uri", "artifact_root"):  # credentials come from the environment (imm/redact.py)
+            if why := refusal(f"tracking.{name}", getattr(self, name)):
+                raise ValueError(why)
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -145,7 +153,7 @@ def start_sweep_run(cfg: TrackingConfig, sweep_id: str, tags: dict[str, str]) ->
     run_id = find_sweep_run(client, exp_id, sweep_id)
     if run_id is None:
         run_id = client.create_run(exp_id, run_name=f"sweep {sweep_id}",
-                                   tags=tags | {"kind": SWEEP_KIND, "sweep_id": sweep_id}).info.run_id
+                                   tags=scrub(tags | {"kind": SWEEP_KIND, "sweep_id": sweep_id})).info.run_id
     else:
         client.update_run(run_id, status="RUNNING")
     return run_id
@@ -216,11 +224,12 @@ class Tracker:
             if past:
                 last = max(past, key=lambda m: m.step)
                 self.active_before, self.session = last.value, last.step + 1
-            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in extra.items()])
+            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in scrub(extra).items()])
         else:
-            run = self.client.create_run(exp_id, run_name=run_name, tags=tags | {"job_key": job_key} | extra)
+            run = self.client.create_run(exp_id, run_name=scrub(run_name),
+                                         tags=scrub(tags | {"job_key": job_key} | extra))
             self.run_id = run.info.run_id
-        items = [Param(k, v) for k, v in flatten(params).items()]
+        items = [Param(k, v) for k, v in scrub(flatten(params)).items()]
         for i in range(0, len(items), 100):  # same values on a resumed run: MLflow accepts them again
             self.client.log_batch(self.run_id, params=items[i:i + 100])
         return bool(found)
@@ -241,8 +250,8 @@ class Tracker:
         inputs = []
         for set_name, (role, items) in sets.items():  # entities built directly: no pandas on compute nodes
             rows = json.dumps([[str(i.get("question", "")), str(i.get("answer", ""))] for i in items])
-            ds = Dataset(name=f"{name}/{set_name}", digest=hashlib.sha256(rows.encode()).hexdigest()[:8],
-                         source_type="code", source=json.dumps({"tags": {"imm.dataset": name}}), schema=schema,
+            ds = Dataset(name=scrub(f"{name}/{set_name}"), digest=hashlib.sha256(rows.encode()).hexdigest()[:8],
+                         source_type="code", source=scrub(json.dumps({"tags": {"imm.dataset": name}})), schema=schema,
                          profile=json.dumps({"num_rows": len(items)}))
             inputs.append(DatasetInput(ds, tags=[InputTag("mlflow.data.context", role)]))
         self.client.log_inputs(self.run_id, datasets=inputs)
@@ -262,7 +271,8 @@ class Tracker:
 
     def artifact(self, path: str | Path, folder: str | None = None) -> None:
         if self.run_id is not None:
-            self.client.log_artifact(self.run_id, str(path), folder)
+            with scrubbed_file(path) as clean:
+                self.client.log_artifact(self.run_id, str(clean), folder)
 
     def end(self, status: str = "FINISHED") -> None:
         """End the run; ``time/active_s`` (step = session) adds this session's time to the earlier ones."""
