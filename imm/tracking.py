@@ -52,10 +52,12 @@ def _sqlite_path(uri: str) -> Path | None:
 # filesystems several nodes mount at once, where SQLite's locking (and flock) cannot be trusted
 SHARED_FS = ("nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "ceph", "glusterfs", "fuse.glusterfs",
              "panfs", "wekafs", "fuse.sshfs", "9p")
-SERVER_HINT = ("run one MLflow server where the compute nodes reach it, with basic authentication (mlflow server "
-               "--host 0.0.0.0 --port 5000 --app-name basic-auth ..., docs/scale-out.md) and give the jobs its "
-               "address: tracking=server with MLFLOW_TRACKING_URI=http://<that host>:5000 (credentials in "
-               "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)")
+SERVER_HINT = ("run one MLflow server where the compute nodes reach it, bound to the address they use, with TLS "
+               "and basic authentication (mlflow server --host <that address> --port 5000 --app-name basic-auth "
+               "--uvicorn-opts '--ssl-certfile ... --ssl-keyfile ...' ..., docs/scale-out.md) and give the jobs its "
+               "address: tracking=server with MLFLOW_TRACKING_URI=https://<that host>:5000 (credentials in "
+               "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, the certificate in "
+               "MLFLOW_TRACKING_SERVER_CERT_PATH)")
 
 
 def under_slurm() -> bool:

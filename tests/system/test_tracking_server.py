@@ -1,15 +1,19 @@
-"""MLflow on a cluster, for real: `mlflow server --app-name basic-auth` as docs/scale-out.md starts it
-(bound to every interface, reached at this host's own non-loopback address, which it must allow as a
-Host header), a user for the jobs made through the admin, and an imm job that runs as under SLURM
-(where a loopback URI is refused) and logs to it with credentials from the environment.
+"""MLflow on a cluster, for real: `mlflow server --app-name basic-auth` as docs/scale-out.md starts it (bound to
+this host's own non-loopback address only, not every interface; TLS with a self-signed certificate made here,
+which the clients trust through MLFLOW_TRACKING_SERVER_CERT_PATH; that address allowed as a Host header), a user
+for the jobs made through the admin, and an imm job that runs as under SLURM (where a loopback URI is refused)
+and logs to it with credentials from the environment.
 
     python -m pytest tests/system/test_tracking_server.py
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -36,15 +40,27 @@ def own_address() -> str:
             return socket.gethostbyname(socket.gethostname())
 
 
+def self_signed(folder: Path, host: str) -> tuple[Path, Path]:
+    """A certificate for ``host`` (an IP address) and its key, made with openssl in a fraction of a second."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-days", "1", "-subj", "/CN=imm-test", "-addext", f"subjectAltName=IP:{host}",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """The documented server, with its user store and database on local disk; yields its URI."""
+    """The documented server, with its user store and database on local disk; yields its URI and certificate."""
     state = tmp_path_factory.mktemp("mlflow-server")
     host = own_address()
     if host.startswith("127."):
         pytest.skip("this host has no address other than loopback")
+    if not shutil.which("openssl"):
+        pytest.skip("no openssl to make the server's certificate")
+    cert, key = self_signed(state, host)
     with socket.socket() as s:
-        s.bind(("", 0))
+        s.bind((host, 0))
         port = s.getsockname()[1]
     (state / "auth.ini").write_text(
         "[mlflow]\ndefault_permission = READ\n"
@@ -52,30 +68,46 @@ def server(tmp_path_factory):
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
     env = dict(os.environ, MLFLOW_AUTH_CONFIG_PATH=str(state / "auth.ini"), MLFLOW_AUTH_ADMIN_PASSWORD=ADMIN[1],
                MLFLOW_FLASK_SERVER_SECRET_KEY="imm-test", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    cmd = ["mlflow", "server", "--host", "0.0.0.0", "--port", str(port), "--workers", "1",
+    cmd = ["mlflow", "server", "--host", host, "--port", str(port), "--workers", "1",
            "--allowed-hosts", f"{host}:{port}", "--app-name", "basic-auth",
+           # the graceful-shutdown limit: an MLflow client's idle keep-alive TLS connection holds a stop ~30 s
+           "--uvicorn-opts", f"--ssl-certfile {cert} --ssl-keyfile {key} --timeout-graceful-shutdown 3",
            "--backend-store-uri", f"sqlite:///{state / 'mlflow.db'}", "--artifacts-destination", str(state / "artifacts")]
     log = (state / "server.log").open("w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://{host}:{port}"
+    uri = f"https://{host}:{port}"
+    trust = ssl.create_default_context(cafile=str(cert))
     deadline = time.time() + 120
     while True:
         try:
-            urlopen(f"{uri}/health", timeout=2)
+            urlopen(f"{uri}/health", timeout=2, context=trust)
             break
         except OSError:
             assert proc.poll() is None and time.time() < deadline, (state / "server.log").read_text()[-3000:]
             time.sleep(0.5)
-    yield uri
+    yield uri, cert
     os.killpg(proc.pid, 15)
     proc.wait(timeout=30)
+
+
+def test_the_server_answers_on_its_address_over_tls_only(server):
+    uri, cert = server
+    port = int(uri.rsplit(":", 1)[1])
+    with pytest.raises(OSError):  # bound to the named interface: nothing listens on loopback
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    with pytest.raises(OSError):  # plain HTTP gets no answer from a TLS port
+        urlopen(f"http://{uri.split('://')[1]}/health", timeout=5)
+    with pytest.raises(OSError, match="CERTIFICATE_VERIFY_FAILED"):  # a client without the certificate refuses
+        urlopen(f"{uri}/health", timeout=5, context=ssl.create_default_context())
 
 
 def test_a_job_under_slurm_logs_to_the_authenticated_server(server, tmp_path, monkeypatch):
     import mlflow
     import mlflow.server
 
+    server, cert = server
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(cert))
     cfg = TrackingConfig(uri=server, artifact_root="mlflow-artifacts:", experiment="imm-auth-check")
     with pytest.raises(Exception, match="401|not authenticated"):  # no credentials: refused
         ensure_store(cfg)
@@ -97,5 +129,6 @@ def test_a_job_under_slurm_logs_to_the_authenticated_server(server, tmp_path, mo
     (exp,) = [e for e in client.search_experiments() if e.name.startswith("imm-")]
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED"  # logged with the jobs' credentials only (none gets a 401, above)
+    assert JOBS[1] not in json.dumps([run.data.params, run.data.tags])  # the password stayed in the environment
     assert {"eval/base/id", "eval/sft/id", "eval/merged/ood"} <= run.data.metrics.keys()
     assert client.list_artifacts(run.info.run_id), "no artifact reached the server's artifact store"
