@@ -55,7 +55,6 @@ class Result:
 def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
     data = load_data(cfg.dataset)
     tracker.datasets(data, cfg.dataset.name)
-    tracker.metrics({f"data/overlap/{name}": n for name, n in data.overlap.items()}, 0)  # 0 unless allowed
     ctx = steps.Context(cfg, store, data, load_tokenizer(cfg.model.path),
                         load_tokenizer(cfg.teacher.path) if cfg.teacher else None)
     result = Result(sets=list(data.tests))
@@ -64,7 +63,8 @@ def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
     chance = {name: chance_level([str(item["answer"]) for item in items]) for name, items in data.tests.items()}
     stage = _Stages(result, tracker, {"id": data.id_sets, "ood": data.ood_sets}, chance, out / "evaluations")
     with stage("evaluate", 0):
-        stage.record("Base", "base", 0, *steps.evaluate_stage(ctx, base))
+        stage.record("Base", "base", 0, *steps.evaluate_stage(ctx, base), final=True)  # final/* logged first
+    tracker.metrics({f"data/overlap/{name}": n for name, n in data.overlap.items()}, 0)  # 0 unless allowed
     evaluate = functools.partial(_evaluate, ctx, base, stage)
     model, history = base, []
     prev = base  # θ_prev: the last merged model (the base before any merge)
@@ -95,9 +95,9 @@ def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
                     previous, items = evaluate(model)
             else:
                 continue
-            stage.record(f"SFT {step} (=)", "sft", step, previous, items)
+            stage.record(f"SFT {step} (=)", "sft", step, previous, items, final=not merges)
             if merges:
-                stage.record(f"Merge {step} (=)", "merged", step, previous, items)
+                stage.record(f"Merge {step} (=)", "merged", step, previous, items, final=True)
             continue
 
         scales = None
@@ -114,7 +114,7 @@ def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
         tracker.metrics(_flat(stats, "sft/") | {"sft/rows": len(rows)}, step)
         if every or (last and not merges):
             with stage("evaluate", step):
-                stage.record(f"SFT {step}", "sft", step, *evaluate(tuned))
+                stage.record(f"SFT {step}", "sft", step, *evaluate(tuned), final=not merges)
         _link(out / f"sft{step}", tuned.path)
         if cfg.run.layer_analysis:  # Eq. 4: how far SFT moved each layer this iteration
             moved = weight_change(steps.local_dir(start.path), tuned.path)
@@ -129,7 +129,7 @@ def run(cfg: Config, tracker: Tracker, out: Path, store: StageStore) -> Result:
             tracker.metrics({f"merge/{k}": v for k, v in _flat(ms).items()}, step)  # totals and per tensor group
             if every or last:
                 with stage("evaluate", step):
-                    stage.record(f"Merge {step}", "merged", step, *evaluate(merged))
+                    stage.record(f"Merge {step}", "merged", step, *evaluate(merged), final=True)
             _link(out / f"merge{step}", merged.path)
             model = prev = merged
     tracker.metrics({"stages/executed": len(store.executed), "stages/reused": len(store.reused)}, cfg.run.iterations)
@@ -155,7 +155,12 @@ def _evaluate(ctx: steps.Context, base: steps.ModelRef, stage: "_Stages", model:
 class _Stages:
     """Times stages (``with stage(name, step)``) and records evaluation rows in the result and MLflow,
     each with its Verified pass@1 and its per-item transitions from the base model (the first row
-    recorded), raw and chance-corrected (``chance``: each test set's chance level)."""
+    recorded), raw and chance-corrected (``chance``: each test set's chance level).
+
+    The model a method carries out of each round (merged for imm / iimm, else the SFT model; the base at
+    step 0) also logs ``final/{id,ood,<set>}``: one name for every method, whose last step is the job's final
+    model. They are the run's first metrics, so MLflow's compare view, which plots a run's first metric, opens
+    on ``final/id``."""
 
     def __init__(self, result: Result, tracker: Tracker, groups: dict[str, list[str]], chance: dict[str, float],
                  folder: Path):
@@ -170,7 +175,8 @@ class _Stages:
         took = time.perf_counter() - start
         self.result.seconds[name] = self.result.seconds.get(name, 0.0) + took
 
-    def record(self, label: str, kind: str, step: int, metrics: dict[str, float], items: list[dict]) -> None:
+    def record(self, label: str, kind: str, step: int, metrics: dict[str, float], items: list[dict],
+               final: bool = False) -> None:
         metrics = metrics | verified_pass1(items, self.groups)
         if self.base_items is None:
             self.base_items = items
@@ -183,7 +189,8 @@ class _Stages:
         write_jsonl(path, [{k: r[k] for k in ("set", "index", "right", "steps") if k in r} for r in items])
         self.tracker.artifact(path, "evaluations")  # the report's paired statistics read them from MLflow
         self.result.rows.append((label, metrics))
-        self.tracker.metrics({f"eval/{kind}/{k}": v for k, v in metrics.items()}, step)
+        headline = {f"final/{k}": metrics[k] for k in ("id", "ood", *self.result.sets) if final and k in metrics}
+        self.tracker.metrics(headline | {f"eval/{kind}/{k}": v for k, v in metrics.items()}, step)
         log.info("%s: ID %.3f  OOD %.3f", label, metrics.get("id", float("nan")), metrics.get("ood", float("nan")))
 
 

@@ -1,5 +1,6 @@
-"""MLflow tracking: one run per job, tags for the grid point, params = the flattened config, every value
-scrubbed of secrets (imm/redact.py).
+"""MLflow tracking: one run per job, tags for the grid point and where the job keeps its files and logs,
+params = the rest of the flattened config (its settings; None values left out), every value scrubbed of
+secrets (imm/redact.py).
 
 The SQLite store is created (schema + experiment) under a file lock before any job logs, because
 several jobs creating one database at once fail in its schema migration.
@@ -175,14 +176,42 @@ def grid_tags(cfg: dict) -> dict[str, str]:
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    """Nested config -> {"a.b": "value"}; None values are left out (unset, nothing to compare)."""
     out: dict[str, str] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
             out.update(flatten(v, key + "."))
-        else:
+        elif v is not None:
             out[key] = str(v)[:6000]
     return out
+
+
+# where a job keeps its files and logs, not what it computes (the job key leaves them out too): run tags, not
+# params, so the params that differ between runs (MLflow's compare view plots those) are the settings
+BOOKKEEPING = {"run.out_dir": "out_dir"}  # tag names; other keys under BOOKKEEPING_NODES keep their dotted name
+BOOKKEEPING_NODES = ("outputs", "stages", "tracking")
+
+
+def split_params(flat: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """A flattened config as (params, bookkeeping tags)."""
+    params, tags = {}, {}
+    for key, value in flat.items():
+        if key in BOOKKEEPING or key.split(".")[0] in BOOKKEEPING_NODES:
+            tags[BOOKKEEPING.get(key, key)] = value
+        else:
+            params[key] = value
+    return params, tags
+
+
+def session_tags() -> dict[str, str]:
+    """Where this session of the job runs (set again when a requeued job continues on another node)."""
+    import platform
+
+    tags = {"host": platform.node()}
+    if under_slurm():
+        tags["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
+    return tags
 
 
 class Tracker:
@@ -212,7 +241,8 @@ class Tracker:
         exp_id = self.exp_id = ensure_store(self.cfg)
         self.client = mlflow.MlflowClient(self.cfg.uri)
         found = self.client.search_runs([exp_id], f"tags.job_key = '{job_key}'", max_results=1)
-        extra = {}
+        values, bookkeeping = split_params(flatten(params))
+        extra = bookkeeping | session_tags()
         if sweep_id:
             extra[f"sweep.{sweep_id}"] = "1"
             if parent := find_sweep_run(self.client, exp_id, sweep_id):
@@ -231,7 +261,7 @@ class Tracker:
             run = self.client.create_run(exp_id, run_name=scrub(run_name),
                                          tags=scrub(tags | {"job_key": job_key} | extra))
             self.run_id = run.info.run_id
-        items = [Param(k, v) for k, v in scrub(flatten(params)).items()]
+        items = [Param(k, v) for k, v in scrub(values).items()]
         for i in range(0, len(items), 100):  # same values on a resumed run: MLflow accepts them again
             self.client.log_batch(self.run_id, params=items[i:i + 100])
         return bool(found)

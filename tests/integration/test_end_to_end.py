@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MICRO = ["dataset.n_train=32", "dataset.n_test=24", "generate.k=2", "generate.max_new_tokens=60",
@@ -35,9 +36,15 @@ def runs_of(outputs: Path, experiment="imm-testbed-testbed", sweeps=False):
     return client, [r for r in runs if (r.data.tags.get("kind") == "sweep") == sweeps]
 
 
-def test_user_command_multirun(tmp_path):
+@pytest.fixture(scope="module")
+def user_grid(tmp_path_factory):
     """The user's grid shape: method × alpha, four real runs side by side in one experiment."""
-    out = imm_main("-m", "method=imm,vanilla", "merge.alpha=0.1,0.9", outputs=tmp_path)
+    outputs = tmp_path_factory.mktemp("user_grid")
+    return outputs, imm_main("-m", "method=imm,vanilla", "merge.alpha=0.1,0.9", outputs=outputs)
+
+
+def test_user_command_multirun(user_grid):
+    tmp_path, out = user_grid
     client, runs = runs_of(tmp_path)
     assert len(runs) == 4
     assert {(r.data.tags["method"], r.data.tags["alpha"]) for r in runs} == \
@@ -91,6 +98,26 @@ def test_user_command_multirun(tmp_path):
     # the printed summary table names every stage
     for stage in ("Base", "SFT 1", "Merge 1", "SFT 2", "Merge 2"):
         assert stage in out.stdout
+
+
+def test_runs_open_the_compare_view_on_the_results(user_grid):
+    """What MLflow's compare view of the grid shows first: the params that differ between the runs (α and the
+    method, no per-job path) and each run's first metric, final/id, the final model's for every method."""
+    outputs, _ = user_grid
+    client, runs = runs_of(outputs)
+    for run in runs:
+        params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
+        assert "None" not in params.values()
+        assert "run.out_dir" not in params and Path(tags["out_dir"]).is_relative_to(outputs / "jobs")
+        assert not {k for k in params if k.split(".")[0] in ("outputs", "stages", "tracking")}
+        assert tags["host"]
+        final = "eval/merged" if tags["method"] == "imm" else "eval/sft"
+        for name in ("id", "ood", "id_addsub", "ood_mult"):
+            assert metrics[f"final/{name}"] == metrics[f"{final}/{name}"], name
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "final/id")] == [0, 1, 2]
+        assert next(iter(client.get_run(run.info.run_id).data.metrics)) == "final/id"  # the plot's default metric
+    differing = {k for k in set().union(*(r.data.params for r in runs)) if len({r.data.params.get(k) for r in runs}) > 1}
+    assert differing == {"merge.alpha", "method.name"}
 
 
 def test_grid_after_a_single_run_reports_every_alpha(tmp_path):

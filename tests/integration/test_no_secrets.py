@@ -68,7 +68,7 @@ def test_a_job_with_a_secret_in_its_config_writes_it_nowhere(tmp_path, monkeypat
     imm_main(f'tracking.run_name="nightly password={SECRET}"', "run.iterations=1", outputs=tmp_path)
     assert files_holding(tmp_path) == []
     client, (run,) = runs_of(tmp_path)
-    assert run.info.run_name == "nightly password=***" and run.data.params["tracking.run_name"] == "nightly password=***"
+    assert run.info.run_name == "nightly password=***" and run.data.tags["tracking.run_name"] == "nightly password=***"
     assert SECRET not in everything_logged(client, run.info.run_id, tmp_path / "back")
     (config,) = (tmp_path / "jobs").glob("*/config.yaml")
     assert yaml.safe_load(config.read_text())["tracking"]["run_name"] == "nightly password=***"

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from imm.config import validate
 from imm.redact import REDACTED, scrub, scrub_text, scrubbed_file, secret_name, uri_credentials
-from imm.tracking import TrackingConfig
+from imm.tracking import TrackingConfig, flatten, split_params
 
 SECRET = "hunter2-s3cr3t"
 
@@ -94,3 +94,11 @@ def test_files_are_scrubbed_only_when_they_hold_a_secret(tmp_path):
             assert SECRET not in path.read_text()
         assert not path.exists()  # the copy is gone, the original untouched
     assert OmegaConf.load(config).model.hf_token == SECRET
+
+
+def test_params_hold_the_settings_and_tags_the_bookkeeping():
+    params, tags = split_params(flatten({"run": {"out_dir": "/o/jobs/k", "seed": 0}, "outputs": "/o",
+                                         "stages": {"root": "/o/stages"}, "tracking": {"uri": "sqlite:///o"},
+                                         "teacher": None, "merge": {"alpha": 0.5}}))
+    assert params == {"run.seed": "0", "merge.alpha": "0.5"}  # None left out
+    assert tags == {"out_dir": "/o/jobs/k", "outputs": "/o", "stages.root": "/o/stages", "tracking.uri": "sqlite:///o"}
