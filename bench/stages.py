@@ -82,8 +82,9 @@ def bench_generation(model, tok, prompts, args) -> list[tuple[str, float, float]
 
 
 def trl_sft(model, tok, rows, epochs: int, batch: int, lr: float, prompt_fn=problems.format_prompt,
-            join: str = " ") -> tuple[float, float]:
-    """TRL SFTTrainer, default settings but epochs/batch/lr; returns (non-pad tokens/s, padding share).
+            join: str = " ", **settings) -> tuple[float, float]:
+    """TRL SFTTrainer, default settings but epochs/batch/lr and ``settings`` (SFTConfig fields: bf16,
+    padding_free, ...); returns (non-pad tokens/s, padding share).
     ``join``: what stands between prompt and response (the testbed's gold solutions follow a space)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -92,11 +93,14 @@ def trl_sft(model, tok, rows, epochs: int, batch: int, lr: float, prompt_fn=prob
     with tempfile.TemporaryDirectory() as out:
         args = SFTConfig(output_dir=out, num_train_epochs=epochs, per_device_train_batch_size=batch,
                          learning_rate=lr, report_to="none", save_strategy="no", logging_strategy="no",
-                         use_cpu=True, dataloader_num_workers=0, disable_tqdm=True)
+                         use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, **settings)
         trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
         real = padded = 0
         for b in trainer.get_train_dataloader():
-            real += int(b["attention_mask"].sum()) if "attention_mask" in b else int((b["input_ids"] != tok.pad_token_id).sum())
+            if "attention_mask" in b:
+                real += int(b["attention_mask"].sum())
+            else:  # padding-free: one row of concatenated sequences, nothing padded
+                real += b["input_ids"].numel() if "position_ids" in b else int((b["input_ids"] != tok.pad_token_id).sum())
             padded += b["input_ids"].numel()
         start = time.perf_counter()
         trainer.train()
