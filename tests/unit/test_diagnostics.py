@@ -55,6 +55,36 @@ def test_response_kl_counts_response_tokens_only():
     assert moved["forward"] == pytest.approx(float(one[0]) / 3) and moved["reverse"] == pytest.approx(float(one[1]) / 3)
 
 
+def test_response_kl_of_no_sequences_is_zero_over_zero_tokens():
+    assert response_kl(Net(), Net(), Tok(), [], []) == {"forward": 0.0, "reverse": 0.0, "tokens": 0}
+
+
+def test_response_kl_with_a_shared_prompt_prefix_equals_the_kl_computed_apart():
+    """Prompts sharing 33 tokens (run once per model, their cache copied into each batch; the answers
+    share more, which must not count): the pooled KL per response token equals one computed from each
+    whole sequence's logits."""
+    from tests.unit.test_round_figures import Tok as Chars, tiny_model
+
+    base, tuned = tiny_model(), tiny_model()
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    tok, shared, answer = Chars(), "abcdefghij" * 3 + "abc", "klmnopqrst" * 4  # 33 shared prompt tokens
+    prompts, responses = [shared + "xy", shared + "zzw", shared + "q"], [answer + "mn", answer + "o", answer + "pqrs"]
+    got = response_kl(base, tuned, tok, prompts, responses, batch_size=2)
+    fwd = rev = n = 0
+    with torch.no_grad():
+        for p, r in zip(prompts, responses):
+            ids = tok(p)["input_ids"] + tok(p + r)["input_ids"][len(tok(p)["input_ids"]):] + [tok.eos_token_id]
+            at = slice(len(tok(p)["input_ids"]) - 1, len(ids) - 1)  # the positions predicting a response token
+            lp, lq = (torch.log_softmax(m(input_ids=torch.tensor([ids])).logits[0, at].double(), -1) for m in (base, tuned))
+            fwd += float((lp.exp() * (lp - lq)).sum())
+            rev += float((lq.exp() * (lq - lp)).sum())
+            n += at.stop - at.start
+    assert got["tokens"] == n == 3 * 40 + 3 + 2 + 5
+    assert got["forward"] == pytest.approx(fwd / n, rel=1e-6) and got["reverse"] == pytest.approx(rev / n, rel=1e-6)
+
+
 def test_held_out_takes_the_first_items_and_the_base_answers():
     tests = {"a": [{"q": "x"}, {"q": "y"}, {"q": "z"}], "b": [{"q": "w"}]}
     records = [{"set": s, "index": i, "text": f"{s}{i}"} for s, n in (("a", 3), ("b", 1)) for i in range(n)]
@@ -65,6 +95,7 @@ def test_held_out_takes_the_first_items_and_the_base_answers():
 def test_answer_diversity():
     groups = [["3", "3", "3"], ["3", "4", None], [None, None, None], ["5", "5", None]]
     assert answer_diversity(groups) == {"distinct_answers": (1 + 2 + 0 + 1) / 4, "all_agree": 1 / 4}
+    assert answer_diversity([["3"], [None]]) == {"distinct_answers": 0.5, "all_agree": 0.5}  # k = 1
     assert answer_key("so 2 + 2 = 4. The answer is 1,000.") == answer_key("The answer is 1000.0") == "1000"
     assert answer_key("no answer here") is None
 
@@ -75,6 +106,8 @@ def test_chance_level_and_correction_by_hand():
     assert corrected(0.3, 0.12, 0.4, 0.2) == pytest.approx((0.25, 0.025))
     assert corrected(0.3, 0.05, 0.4, 0.2) == pytest.approx((0.25, 0.0))  # never below 0
     assert corrected(0.3, 0.12, 0.4, 0.0) == (0.3, 0.12)  # no chance: the raw shares
+    assert corrected(0.3, 0.12, 0.4, 1.0) == (0.0, 0.0)  # every answer a guess: nothing known to forget
+    assert chance_level([]) == 0.0
 
 
 def records(rights, name="s"):

@@ -11,6 +11,7 @@ import imm.evaluate as ev
 from imm.data import Data
 from imm.evaluate import EvalConfig
 
+TESTBED = "Tom has 23 apples. He buys 5 more and then gives away 3. How many apples does he have now?"
 # question -> (gold, 4 samples, how each ended)
 SAMPLES = {
     "q0": ("7", ["The answer is 7.", "The answer is 8.", "no answer here", "The answer is 7."],
@@ -19,6 +20,9 @@ SAMPLES = {
            ["stop", "stop", "eos", "eos"]),
     "q2": ("10", ["The answer is 10."] * 4, ["eos"] * 4),
     "q3": ("2", ["The answer is 1."] * 4, ["length"] * 4),
+    # testbed items: the mechanism readings take each sample's ending
+    TESTBED: ("25", ["23 + 5 = 28. 28 - 3 = 25. The answer is 25."] * 4, ["length", "length", "length", "eos"]),
+    TESTBED + " ": ("25", ["The answer is 25."] * 4, ["eos"] * 4),
 }
 
 
@@ -36,8 +40,10 @@ def fake_complete(model, tok, prompts, stats=None, **kw):
 def metrics(monkeypatch):
     monkeypatch.setattr(ev, "complete", fake_complete)
     item = lambda q: {"question": q, "answer": SAMPLES[q][0]}  # noqa: E731
-    data = Data(train=[], tests={"a": [item("q0"), item("q1")], "b": [item("q2")], "c": [item("q3")]},
-                id_sets=["a"], ood_sets=["b", "c"])
+    world = lambda q: item(q) | {"family": "id_addsub", "solution": SAMPLES[TESTBED][1][0]}  # noqa: E731
+    data = Data(train=[], tests={"a": [item("q0"), item("q1")], "b": [item("q2")], "c": [item("q3")],
+                                 "t": [world(TESTBED), world(TESTBED + " ")]},
+                id_sets=["a", "t"], ood_sets=["b", "c"])
     return ev.evaluate(None, Chars(), data, lambda it: it["question"], EvalConfig(n=4, temperature=0.7, ks=[1, 2]))
 
 
@@ -47,7 +53,7 @@ def test_pass_at_k_per_set_and_the_group_means(metrics):
     assert metrics["a"] == pytest.approx(0.375)
     assert metrics["a/pass_at_2"] == pytest.approx((5 / 6 + 1 / 2) / 2)
     assert metrics["b"] == metrics["b/pass_at_2"] == 1.0 and metrics["c"] == metrics["c/pass_at_2"] == 0.0
-    assert metrics["id"] == pytest.approx(0.375) and metrics["id/pass_at_2"] == pytest.approx(2 / 3)
+    assert metrics["id"] == pytest.approx((0.375 + 1) / 2) and metrics["id/pass_at_2"] == pytest.approx((2 / 3 + 1) / 2)
     assert metrics["ood"] == 0.5 and metrics["ood/pass_at_2"] == 0.5  # the mean over its two sets
 
 
@@ -56,3 +62,11 @@ def test_no_answer_timeouts_and_endings_per_set(metrics):
     assert metrics["a/timeouts"] == 0
     assert metrics["a/ran_to_limit"] == pytest.approx(2 / 8) and metrics["a/stopped"] == pytest.approx(3 / 8)
     assert metrics["c/ran_to_limit"] == 1.0 and metrics["b/stopped"] == 0.0
+    assert metrics["t/ran_to_limit"] == pytest.approx(3 / 8)  # per sample, in the readings of item after item
+    assert metrics["t/form/canonical"] == 0.5 and metrics["t/sound_share"] == 0.5
+
+
+def test_the_no_answer_share_of_one_sample(monkeypatch):
+    monkeypatch.setattr(ev, "complete", lambda model, tok, prompts, stats=None, **kw: [["nothing"] for _ in prompts])
+    data = Data(train=[], tests={"a": [{"question": "q", "answer": "1"}]}, id_sets=["a"], ood_sets=[])
+    assert ev.evaluate(None, Chars(), data, lambda it: it["question"], EvalConfig())["a/no_answer"] == 1.0

@@ -41,6 +41,26 @@ def test_permutation_p_is_exact_over_all_orderings():
     assert permutation_p(list(x), list(y)) == pytest.approx(exact, abs=1e-12)
 
 
+def test_pearson_needs_three_points_and_two_values_of_each():
+    assert pearson([1, 2, 3], [1, 3, 2]) == pytest.approx(0.5)
+    assert pearson([1, 1, 2], [1, 2, 3]) == pytest.approx(math.sqrt(3) / 2)  # x' = −1/3, −1/3, 2/3
+    assert math.isnan(pearson([1, 2], [1, 2])) and math.isnan(pearson([1, 2, 3], [4, 4, 4]))
+    assert math.isnan(pearson([4, 4, 4], [1, 2, 3]))
+
+
+def test_permutation_p_at_the_largest_exact_n_and_beyond_it():
+    rng = np.random.default_rng(6)
+    x, y = rng.standard_normal(8), rng.standard_normal(8)
+    exact = stats.permutation_test((y,), lambda v, axis: np.abs(_rows_r(x, v)), permutation_type="pairings",
+                                   alternative="greater", vectorized=True, n_resamples=50_000).pvalue
+    assert permutation_p(list(x), list(y)) == pytest.approx(exact, abs=1e-12)  # all 8! orderings
+    # random orderings: (1 + hits) / (1 + draws). r = 0 exactly (y symmetric, x a line): every ordering hits
+    assert permutation_p(list(range(10)), [1, 2, 3, 4, 5, 5, 4, 3, 2, 1], draws=99) == 1.0
+    # two groups of 5, r = 1: only the ordering and its mirror reach it, 2 of C(10, 5) = 252
+    tied = [0] * 5 + [1] * 5
+    assert permutation_p(tied, tied) == pytest.approx(2 / 252, abs=0.003)
+
+
 def test_permutation_p_beyond_exact_agrees_with_the_t_test_on_normal_data():
     rng = np.random.default_rng(5)
     x = rng.standard_normal(30)

@@ -48,3 +48,14 @@ def test_kept_forms_are_shares_of_the_kept_samples():
     shares = kept_forms(kept, [ID])
     assert shares["form/canonical"] == 0.5 and shares["form/direct"] == 0.5 and sum(shares.values()) == 1.0
     assert kept_forms(kept, [{"question": ID["question"], "answer": "25"}]) == {}
+
+
+def test_forms_are_shares_of_a_sets_samples_and_groups_average_their_sets():
+    canonical, direct = "23 + 5 = 28. 28 - 3 = 25. The answer is 25.", "The answer is 25."
+    rows = [{"set": "a", "steps": ["sound", "sound", "wrong"],
+             "mechanism": [reading(t, ID) for t in (canonical, canonical, direct)]},
+            {"set": "b", "steps": ["wrong"], "mechanism": [reading(direct, ID)]}]
+    m = set_metrics(rows, {"id": ["a", "b"]})
+    assert m["a/form/canonical"] == pytest.approx(2 / 3) and m["a/form/direct"] == pytest.approx(1 / 3)
+    assert m["a/right_form/canonical"] == 1.0 and m["b/form/direct"] == 1.0
+    assert m["id/form/canonical"] == pytest.approx((2 / 3 + 0) / 2)  # the mean of the two sets' shares

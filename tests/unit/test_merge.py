@@ -152,6 +152,7 @@ def test_imm_merge_matches_float64_reference(tmp_path, dtype, rel):
                        for i in range(3))
     out, stats = merge(tmp_path, base, prev, sft, MergeConfig(alpha=alpha, p=p, seed=seed), iteration)
     dropped = total = kept_moved = moved = 0
+    delta_sq = update_sq = 0.0
     for name in shapes:
         keep = DareMask(tensor_seed(seed, iteration, name)).multipliers(sft[name].numel(), p) != 0
         ref, terms = reference(base[name], prev[name], sft[name], alpha, p, keep)
@@ -162,8 +163,12 @@ def test_imm_merge_matches_float64_reference(tmp_path, dtype, rel):
         dropped, total = dropped + int((~keep).sum()), total + keep.numel()
         nonzero = (sft[name] != prev[name]).view(-1)  # bf16 inputs may coincide: δ = 0 is not counted
         kept_moved, moved = kept_moved + int((keep & nonzero).sum()), moved + int(nonzero.sum())
+        delta_sq += float(((sft[name].double() - prev[name].double()) ** 2).sum())
+        update_sq += float(((ref - prev[name].double()) ** 2).sum())
     assert abs(dropped / total - p) < 5 * (p * (1 - p) / total) ** 0.5
     assert stats.density == pytest.approx(kept_moved / moved)
+    assert stats.delta_norm == pytest.approx(delta_sq ** 0.5, rel=1e-4)  # ‖θ_sft − θ_prev‖
+    assert stats.update_norm == pytest.approx(update_sq ** 0.5, rel=1e-2)  # ‖θ_m − θ_prev‖
 
 
 def test_merge_reproducible_per_iteration(tmp_path):
@@ -314,3 +319,11 @@ def test_tensor_groups():
     assert tensor_group("model.embed_tokens.weight") == "embeddings"
     assert tensor_group("lm_head.weight") == "lm_head"
     assert tensor_group("model.norm.weight") == "norms"
+
+
+def test_merge_stats_summary_by_hand():
+    from imm.merge.stats import TensorStats
+
+    assert TensorStats(delta_sq=9.0, update_sq=16.0, nonzero=4, kept=1).summary() == \
+        {"update_norm": 4.0, "delta_norm": 3.0, "density": 0.25}
+    assert TensorStats().summary()["density"] == 0.0  # no entry moved

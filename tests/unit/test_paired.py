@@ -39,6 +39,12 @@ def test_share_interval_is_a_ratio_of_pooled_counts():
     # one run, items (hit, counted) = (1, 1), (0, 1): resampled shares 0, 50, 50, 100
     exact = share_bootstrap(np.array([[1, 0]]), np.array([[1, 1]]), boot=4000)
     assert (exact.mean, exact.lo, exact.hi) == (50.0, 0.0, 100.0)
+    # an item not counted (a wrong answer): resampled shares 1/1, 1/1, 1/1 and 0/0 (read as 0)
+    one = share_bootstrap(np.array([[1, 0]]), np.array([[1, 0]]), boot=4000)
+    assert (one.mean, one.lo, one.hi) == (100.0, 0.0, 100.0)
+    # 20 of 40 answers: resampled shares are Binomial(40, 1/2) / 40, whose 2.5% and 97.5% points are 14 and 26
+    half = share_bootstrap(np.array([[1, 0] * 20]), np.ones((1, 40)), boot=10000)
+    assert half.lo == pytest.approx(35.0, abs=1.0) and half.hi == pytest.approx(65.0, abs=1.0)
 
 
 def test_holm():
@@ -58,6 +64,9 @@ def test_p_and_interval_against_the_exact_bootstrap_distribution():
     assert three.p == pytest.approx(16 / 27, abs=0.02)
     lost = paired_bootstrap(np.array([[0, 0, 0]]), np.array([[1, 0, 0]]), boot=20000)
     assert lost.mean == pytest.approx(-100 / 3) and lost.p == pytest.approx(16 / 27, abs=0.02)
+    # scores, not 0/1: d = +0.5, 0 points; resampled means 0, 0.25, 0.5 with P(mean ≤ 0) = 1/4
+    small = paired_bootstrap(np.array([[0.005, 0.0]]), np.zeros((1, 2)), boot=10000)
+    assert small.mean == pytest.approx(0.25) and small.p == pytest.approx(0.5, abs=0.03)
 
 
 def test_p_is_calibrated_under_no_difference():
@@ -99,9 +108,16 @@ def test_runs_are_resampled_from_the_minimum_on():
     half = MIN_BOOTSTRAP_RUNS // 2
     many = paired_bootstrap(np.array([[1, 1]] * half + [[0, 0]] * half), np.zeros((2 * half, 2)), boot=300)
     assert many.lo < 40 and many.hi > 60
+    first = paired_bootstrap(np.array([[1, 1]] + [[0, 0]] * (MIN_BOOTSTRAP_RUNS - 1)), np.zeros((MIN_BOOTSTRAP_RUNS, 2)),
+                             boot=300)
+    assert first.lo == 0.0 and first.hi > 0.0  # the first run is drawn too
+    assert paired.per_run([1.0] * (MIN_BOOTSTRAP_RUNS - 1), "{:+.1f}") == ", ".join(["+1.0"] * (MIN_BOOTSTRAP_RUNS - 1))
+    assert paired.per_run([1.0] * MIN_BOOTSTRAP_RUNS, "{:+.1f}") == ""
 
 
-def _job(root, name, method, alpha, seed, final, rows_by_label, model="testbed", split="test"):
+def _job(root, name, method, alpha, seed, final, rows_by_label, model="testbed", split="test", steps=lambda i: "sound"):
+    """A finished job's folder; ``rows_by_label``: each model's right answers (one list for both sets, or
+    (ID, OOD)); ``steps``: the step class of item i's right answer."""
     job = root / name
     (job / "evaluations").mkdir(parents=True)
     iterations = int(final.lstrip("MergeSFT"))
@@ -109,8 +125,9 @@ def _job(root, name, method, alpha, seed, final, rows_by_label, model="testbed",
                                      f"  iterations: {iterations}\n"
                                      f"model:\n  name: {model}\ndataset:\n  seed: 1\n  eval_split: {split}\n")
     for label, right in rows_by_label.items():
-        rows = [{"set": s, "index": i, "right": bool(r), "steps": ["sound" if r else "wrong"]}
-                for s in ("id_addsub", "ood_mult") for i, r in enumerate(right)]
+        by_set = dict(zip(("id_addsub", "ood_mult"), right if isinstance(right, tuple) else (right, right)))
+        rows = [{"set": s, "index": i, "right": bool(r), "steps": [steps(i) if r else "wrong"]}
+                for s, rights in by_set.items() for i, r in enumerate(rights)]
         (job / "evaluations" / f"{label}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return job
 
@@ -130,11 +147,18 @@ def test_report_pairs_each_final_model_with_the_base(tmp_path):
 
 
 def test_rows_below_the_minimum_list_each_runs_difference(tmp_path):
-    base = [0] * 40
-    jobs = [_job(tmp_path, f"v{s}", "vanilla", 0.5, s, "SFT1", {"Base": base, "SFT1": [1] * gain + [0] * (40 - gain)})
-            for s, gain in ((0, 10), (1, 30))]  # run 0 gains 10 of 40 items, run 1 gains 30
-    row = next(r for r in report(jobs, boot=100).splitlines() if r.startswith("| vanilla final − Base"))
-    assert row.startswith("| vanilla final − Base | 2 | +50.0 [") and row.endswith("| +25.0, +75.0 | +25.0, +75.0 |")
+    base = ([1] * 20 + [0] * 20, [0] * 40)  # ID: half right, OOD: none
+    finals = {0: ([1] * 30 + [0] * 10, [0, 1] + [0] * 38), 1: ([0] * 40, [1] * 30 + [0] * 10)}
+    jobs = [_job(tmp_path, f"v{s}", "vanilla", 0.5, s, "SFT1", {"Base": base, "SFT1": finals[s]},
+                 steps=lambda i: "sound" if i % 2 else "shortcut") for s in (0, 1)]
+    lines = report(jobs, boot=100).splitlines()
+    row = next(r for r in lines if r.startswith("| vanilla final − Base"))
+    # ID: run 0 +10 of 40 items, run 1 −20; OOD: +1 and +30
+    assert row.startswith("| vanilla final − Base | 2 | -12.5 [") and "| +38.8 [" in row
+    assert row.endswith("| +25.0, -50.0 | +2.5, +75.0 |")
+    # right OOD answers, sound on odd items: run 0 1 of 1, run 1 15 of 30; pooled 16 of 31
+    sound = next(r for r in lines if r.startswith("| vanilla final |"))
+    assert sound.startswith(f"| vanilla final | 2 | 31 | {100 * 16 / 31:.1f} | [") and sound.endswith("| 100.0, 50.0 |")
 
 
 def test_sets_come_from_the_jobs_config():
