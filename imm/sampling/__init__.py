@@ -163,7 +163,8 @@ def complete(model, tok, prompts: list[str], *, n: int = 1, temperatures: list[f
              new_tokens / max(seconds, 1e-9), min(size, len(prompts)) * n, common, *endings.values())
     if stats is not None:
         stats.update(new_tokens=new_tokens, lengths=lengths, seconds=seconds, rows_per_call=min(size, len(prompts)) * n,
-                     endings=ending, prefix_tokens=common, decoder="hf", dtype=str(model.dtype).removeprefix("torch."))
+                     endings=ending, prefix_tokens=common, decoder="hf",
+                     dtype=str(next(model.parameters()).dtype).removeprefix("torch."))
     return out
 
 
