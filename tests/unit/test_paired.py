@@ -42,6 +42,7 @@ def test_share_interval_is_a_ratio_of_pooled_counts():
     # an item not counted (a wrong answer): resampled shares 1/1, 1/1, 1/1 and 0/0 (read as 0)
     one = share_bootstrap(np.array([[1, 0]]), np.array([[1, 0]]), boot=4000)
     assert (one.mean, one.lo, one.hi) == (100.0, 0.0, 100.0)
+    assert share_bootstrap(np.array([[1]]), np.array([[1]]), boot=50).lo == 100.0  # 1 of 1 in every draw
     # 20 of 40 answers: resampled shares are Binomial(40, 1/2) / 40, whose 2.5% and 97.5% points are 14 and 26
     half = share_bootstrap(np.array([[1, 0] * 20]), np.ones((1, 40)), boot=10000)
     assert half.lo == pytest.approx(35.0, abs=1.0) and half.hi == pytest.approx(65.0, abs=1.0)
