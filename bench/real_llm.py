@@ -122,6 +122,38 @@ def bench_sampling(model, tok, data, args, machine: dict) -> None:
             print(f"imm vs {name}: {ours_rate / rate:.2f}x (best of {args.repeats}, new tokens/s)")
 
 
+def bench_numerics(model, tok, items: list[dict], rows: int, max_new: int) -> None:
+    """The base model's greedy answers with float32 and with bfloat16 arithmetic on the same items."""
+    prompts, golds = [i["prompt"] for i in items], [i["answer"] for i in items]
+    answers, right = {}, {}
+    for dtype in ("float32", "bfloat16"):
+        start = time.perf_counter()
+        texts = [t[0] for t in complete(model, tok, prompts, max_new_tokens=max_new, batch_size=rows,
+                                        decoder="slots", dtype=dtype)]
+        print(f"{dtype}: {len(items)} greedy items in {time.perf_counter() - start:.1f} s")
+        answers[dtype] = [final_answer(t) for t in texts]
+        right[dtype] = torch.tensor([bool(a) and numeric_equal(a, g) for a, g in zip(answers[dtype], golds)], dtype=torch.float)
+    same = sum(a == b for a, b in zip(answers["float32"], answers["bfloat16"])) / len(items)
+    d = right["bfloat16"] - right["float32"]
+    half = 1.96 * float(d.std()) / len(d) ** 0.5
+    print(f"\n## numerics: greedy, {len(items)} items, float32 vs bfloat16 arithmetic (slots decoder)")
+    print(f"identical final answers {same:.1%}; pass@1 float32 {float(right['float32'].mean()):.1%}, bfloat16 "
+          f"{float(right['bfloat16'].mean()):.1%}; paired difference {100 * float(d.mean()):+.1f} points "
+          f"[{100 * (float(d.mean()) - half):+.1f}, {100 * (float(d.mean()) + half):+.1f}] (95%, normal over items)")
+
+
+def bench_eval(model, tok, items: list[dict], rows: int, max_new: int) -> None:
+    """An evaluation's decoding: greedy, one sample per item, imm's default decoder on this machine."""
+    stats: dict = {}
+    start = time.perf_counter()
+    texts = complete(model, tok, [i["prompt"] for i in items], max_new_tokens=max_new, batch_size=rows, stats=stats,
+                     decoder="slots", dtype="bfloat16")
+    took = time.perf_counter() - start
+    right = sum(bool(final_answer(t[0])) and numeric_equal(final_answer(t[0]), i["answer"]) for t, i in zip(texts, items))
+    print(f"\n## evaluation: {len(items)} items, greedy, at most {max_new} new tokens: {took:.1f} s "
+          f"({stats['new_tokens'] / took:.0f} new tok/s), pass@1 {right / len(items):.1%}")
+
+
 def bench_sft(model, tok, data, args, machine: dict) -> None:
     prompt_fn = lambda q: INSTRUCTION.format(question=q)  # noqa: E731 (the paper's SFT format)
     rows = [{"question": i["question"], "response": "\n" + i["answer_text"]} for i in data.train[:args.sft_rows]]
@@ -154,6 +186,8 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=16, help="prompts per plain generate call")
     p.add_argument("--rows", type=int, default=128, help="sequences imm and llama.cpp decode at once")
     p.add_argument("--plain-prompts", type=int, default=16, help="prompts plain generate runs (it is slow)")
+    p.add_argument("--numerics", type=int, default=0, help="items for the float32 vs bf16 greedy comparison")
+    p.add_argument("--eval-items", type=int, default=0, help="items for the timed evaluation-shaped call")
     p.add_argument("--no-llama-cpp", action="store_true", help="leave llama.cpp out (not installed)")
     p.add_argument("--max-new", type=int, default=96)
     p.add_argument("--sft-rows", type=int, default=128, help="0 = sampling only")
@@ -164,7 +198,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     path = prepare.ensure("smollm2-135m-instruct", Path("outputs/models/smollm2-135m-instruct"))
     model, tok = load_model(ModelConfig(path=str(path), dtype="float32")), load_tokenizer(str(path))
-    data = world_data(args.data, max(args.prompts, args.sft_rows), args.shots)
+    data = world_data(args.data, max(args.prompts, args.sft_rows, args.numerics, args.eval_items), args.shots)
     for item in data.train:  # the GSM8K file's worked solution, without its "#### N" line
         item["answer_text"] = item.get("solution", "").split("\n####")[0] or f"The answer is {item['answer']}."
     data.train, pool = data.train[:args.prompts], data.train
@@ -176,6 +210,10 @@ def main(argv=None) -> None:
           f"bandwidth {machine['gbs']:.1f} GB/s")
     if args.prompts:
         bench_sampling(model, tok, data, args, machine)
+    if args.eval_items:
+        bench_eval(model, tok, pool[:args.eval_items], args.rows, args.max_new)
+    if args.numerics:
+        bench_numerics(model, tok, pool[:args.numerics], args.rows, args.max_new)
     if args.sft_rows:
         data.train = pool
         bench_sft(model, tok, data, args, machine)
