@@ -212,7 +212,7 @@ def merge_fields(cfg: Config, base: ModelRef, prev: ModelRef, tuned: ModelRef, s
 
 def evaluate_stage(ctx: Context, model: ModelRef) -> tuple[dict[str, float], list[dict]]:
     """The model's metrics and its per-item results (which items it got right, their text and, on the
-    testbed, step classes: imm/reasoning.py), kept in the stage folder as items.jsonl."""
+    testbed, step classes: imm/analysis/reasoning.py), kept in the stage folder as items.jsonl."""
     key = ctx.store.key("evaluate", **evaluate_fields(ctx.cfg, model))
 
     def compute(tmp: Path) -> None:
@@ -243,7 +243,7 @@ def synthesize_stage(ctx: Context, model: ModelRef, t: int) -> tuple[str, list[d
     """Sample k solutions per training question and keep the correct ones: (key, kept rows, yield).
 
     On the testbed each kept row carries its step class (``steps``) and the yield the shares of sound,
-    shortcut and flawed reasoning among the kept samples (imm/reasoning.py)."""
+    shortcut and flawed reasoning among the kept samples (imm/analysis/reasoning.py)."""
     gold = ctx.cfg.run.rehearsal_gold
     key = ctx.store.key("synthesize", **synthesize_fields(ctx.cfg, model, t))
 
