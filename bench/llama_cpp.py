@@ -62,7 +62,10 @@ def batched(gguf: str, prompts: list[str], temps: list[float], max_new: int, slo
     longest = max(len(x) for x in ids) - shared
     cp = L.llama_context_default_params()
     cp.n_ctx = shared + slots * (longest + max_new) + 256
-    cp.n_batch = cp.n_ubatch = 2048
+    # one llama_decode takes every row's prefill at once (llama.cpp splits it into ubatches itself and
+    # keeps every requested row's logits; a second decode would drop the first one's)
+    cp.n_batch = max(shared, slots * (longest + 1))
+    cp.n_ubatch = 512
     cp.n_seq_max = slots + 1
     cp.n_threads = cp.n_threads_batch = threads
     cp.kv_unified = True
@@ -71,29 +74,24 @@ def batched(gguf: str, prompts: list[str], temps: list[float], max_new: int, slo
     if not ctx:
         raise RuntimeError("llama.cpp could not create the context")
     mem = L.llama_get_memory(ctx)
-    batch = L.llama_batch_init(max(cp.n_batch, shared), 0, 1)
+    batch = L.llama_batch_init(cp.n_batch, 0, 1)
 
-    def run(entries: list[tuple[int, int, int, bool]]) -> dict[int, int]:
-        """Decode (token, position, sequence, wants logits) in chunks; each wanted entry's output row."""
-        rows, out = {}, 0
-        for start in range(0, len(entries), cp.n_batch):
-            chunk = entries[start:start + cp.n_batch]
-            batch.n_tokens = len(chunk)
-            for j, (tok, pos, seq, want) in enumerate(chunk):
-                batch.token[j], batch.pos[j], batch.n_seq_id[j] = tok, pos, 1
-                batch.seq_id[j][0], batch.logits[j] = seq, want
-                if want:
-                    rows[start + j] = j
-            if L.llama_decode(ctx, batch):
-                raise RuntimeError("llama_decode failed (context too small?)")
-        return rows
+    def run(entries: list[tuple[int, int, int, bool]]) -> list[int]:
+        """Decode (token, position, sequence, wants logits) in one call; the entries whose logits it keeps."""
+        batch.n_tokens = len(entries)
+        for j, (tok, pos, seq, want) in enumerate(entries):
+            batch.token[j], batch.pos[j], batch.n_seq_id[j] = tok, pos, 1
+            batch.seq_id[j][0], batch.logits[j] = seq, want
+        if L.llama_decode(ctx, batch):
+            raise RuntimeError("llama_decode failed (context too small?)")
+        return [j for j, entry in enumerate(entries) if entry[3]]
 
     prefix = slots  # sequence id that holds the shared prefix
     run([(t, p, prefix, False) for p, t in enumerate(ids[0][:shared])])
     eog = lambda t: L.llama_vocab_is_eog(vocab, t)  # noqa: E731
     texts: list[list[bytes]] = [[b"" for _ in temps] for _ in prompts]
     samplers = [L.llama_sampler_chain_init(L.llama_sampler_chain_default_params()) for _ in range(slots)]
-    live: dict[int, list] = {}  # slot -> [job index, position, new tokens, last token]
+    live: dict[int, list] = {}  # slot -> [job index, position, new tokens]
     waiting, new = list(range(len(jobs))), 0
 
     def admit() -> list[tuple[int, int, int, bool]]:
@@ -115,17 +113,17 @@ def batched(gguf: str, prompts: list[str], temps: list[float], max_new: int, slo
                 L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
             own = ids[i][shared:]
             entries += [(t, shared + p, s, p == len(own) - 1) for p, t in enumerate(own)]
-            live[s] = [j, len(ids[i]), 0, None]
+            live[s] = [j, len(ids[i]), 0]
         return entries
 
     entries = admit()
     while live:
-        rows = run(entries)
+        wanted = run(entries)
         done, entries = entries, []
-        for k in sorted(rows):
+        for k in wanted:
             s = done[k][2]
-            token = L.llama_sampler_sample(samplers[s], ctx, rows[k])
-            j, pos, made, _ = live[s]
+            token = L.llama_sampler_sample(samplers[s], ctx, k)
+            j, pos, made = live[s]
             if eog(token):
                 del live[s]
                 continue
@@ -135,7 +133,7 @@ def batched(gguf: str, prompts: list[str], temps: list[float], max_new: int, slo
             if made >= max_new:
                 del live[s]
                 continue
-            live[s] = [j, pos + 1, made, token]
+            live[s] = [j, pos + 1, made]
             entries.append((token, pos, s, True))
         entries += admit()
     for chain in samplers:
