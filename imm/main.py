@@ -29,7 +29,7 @@ from imm.plan.job import dry_run_data, plan_job, resources
 from imm.provenance import provenance
 from imm.redact import scrub
 from imm.store import StageStore, digest
-from imm.stages import decoding_of
+from imm.stages import decoding_of, sft_arithmetic
 from imm.tracking import Tracker, grid_tags, source_tags
 
 log = logging.getLogger("imm")
@@ -113,6 +113,7 @@ def main(dcfg: DictConfig) -> float:
     params["run"].pop("dry_run")
     quiet_unused_libraries(cfg)
     decoding = {f"sampling.{k}": v for k, v in decoding_of(cfg.model).items()}  # auto resolved on this machine
+    decoding["sft.dtype"] = sft_arithmetic(cfg.model)
     if tracker.start(key, name, tags(params, prov) | decoding, params, sweep_id()):
         log.info("continuing job %s and its MLflow run (%s)", key, tracker.location)
     tracker.artifact(out / "config.yaml")

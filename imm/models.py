@@ -28,9 +28,9 @@ class ModelConfig:
     threads: int = 0  # torch CPU threads; 0 = torch's default
     device: str = "auto"  # where every stage runs the model: auto (the first GPU, else cpu) | cpu | cuda | cuda:1 | mps
     prepare: Optional[str] = None  # a packaged model (imm/prepare.py) that writes ``path`` when it is missing
-    # How sampling and evaluation run the model (SFT and merging keep ``dtype``):
+    # How sampling, evaluation and SFT compute (checkpoints and merging keep ``dtype``):
     decoder: str = "hf"  # hf: the transformers model, batch by batch | slots: continuous batching (imm/sampling/slots.py) | auto: slots on a CPU for Llama/Qwen2/Mistral models, else hf
-    compute_dtype: str = "auto"  # slots decoder's arithmetic: auto = bfloat16 where the hardware has it fast | float32 | bfloat16
+    compute_dtype: str = "auto"  # the slots decoder's and (float32 weights) SFT's arithmetic: auto = bfloat16 where the hardware has it fast | float32 | bfloat16
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

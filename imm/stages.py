@@ -188,6 +188,11 @@ def importance_fields(cfg: Config, model: ModelRef, data: str) -> dict:
     return {"model": model.key, "data": data, **numerics(cfg.model)}
 
 
+def sft_arithmetic(model: ModelConfig) -> str:
+    """The dtype SFT computes in for ``model`` on its device (imm.sft.arithmetic)."""
+    return sft.arithmetic(model.dtype, model.compute_dtype, model.device)
+
+
 def sft_fields(cfg: Config, model: ModelRef, data: str, t: int, pull_to: ModelRef | None = None) -> dict:
     """The SFT settings, the storage dtype (bf16/fp16: mixed precision), the device kind and the global
     batch it comes to (on trl, the number of GPUs sets it unless sft.global_batch fixes it); with
@@ -198,8 +203,10 @@ def sft_fields(cfg: Config, model: ModelRef, data: str, t: int, pull_to: ModelRe
     settings = asdict(cfg.sft)
     if settings["scheduler"] == "linear":  # the decay every SFT had before there was a choice: keys unchanged
         settings.pop("scheduler")
+    compute = sft_arithmetic(cfg.model)  # named only where it differs from the storage dtype: other keys unchanged
     return {"model": model.key, "data": data, "sft": settings, "iteration": t, **numerics(cfg.model),
-            "global_batch": sft.global_batch(cfg.sft, cfg.model.device)} | pull
+            "global_batch": sft.global_batch(cfg.sft, cfg.model.device)} | pull | \
+        ({"compute_dtype": compute} if compute != cfg.model.dtype else {})
 
 
 def merge_fields(cfg: Config, base: ModelRef, prev: ModelRef, tuned: ModelRef, scales: dict[int, float] | None,
@@ -361,7 +368,8 @@ def sft_stage(ctx: Context, model: ModelRef, data: str, rows: list[dict], t: int
     def compute(tmp: Path):
         pull = StepPull(ctx.cfg.merge, local_dir(pull_to.path), t) if pull_to else None
         net, stats = sft.fine_tune(lambda: ctx.take(model), local_dir(model.path), ctx.tok, rows, ctx.prompt,
-                                   ctx.cfg.sft, t, tmp, ctx.cfg.model.dtype, ctx.cfg.model.device, on_step=pull)
+                                   ctx.cfg.sft, t, tmp, ctx.cfg.model.dtype, ctx.cfg.model.device, on_step=pull,
+                                   compute=sft_arithmetic(ctx.cfg.model))
         stats |= pull.stats() if pull else {}
         log.info("sft on %s (global batch %d)", stats["device"], stats["global_batch"])
         write_json(tmp / "stats.json", stats)

@@ -19,7 +19,7 @@ from imm.models import DTYPES
 from imm.sft.config import SFTConfig
 from imm.sft.torch_loop import IGNORE, batches, collate, encode
 
-__all__ = ["IGNORE", "SFTConfig", "batches", "collate", "encode", "fine_tune", "global_batch", "processes", "train"]
+__all__ = ["IGNORE", "SFTConfig", "arithmetic", "batches", "collate", "encode", "fine_tune", "global_batch", "processes", "train"]
 
 
 def train(model, tok, rows: list[dict], prompt_fn, cfg: SFTConfig, iteration: int,
@@ -44,8 +44,25 @@ def train(model, tok, rows: list[dict], prompt_fn, cfg: SFTConfig, iteration: in
                        on_step=on_step)
 
 
+def arithmetic(storage: str, compute: str, device: str) -> str:
+    """The dtype SFT computes in: a bf16/fp16 storage dtype trains in it (mixed precision, as always);
+    float32 weights train in ``compute`` (model.compute_dtype), where ``auto`` is bfloat16 on hardware
+    with fast bf16 (imm.sampling.engine.fast_bf16) and float32 elsewhere. bf16 keeps float32 master
+    weights, rounded stochastically into the bf16 compute weights (imm/sft/precision.py), and the
+    checkpoint is still written in ``storage``."""
+    if storage != "float32" or compute == "float32":
+        return storage
+    if compute == "bfloat16":
+        return compute
+    from imm.models import resolve_device
+    from imm.sampling.engine import fast_bf16
+
+    return "bfloat16" if fast_bf16(resolve_device(device)) else "float32"
+
+
 def fine_tune(load: Callable[[], object], model_dir: Path, tok, rows: list[dict], prompt_fn, cfg: SFTConfig,
-              iteration: int, out: Path, dtype: str, device: str = "auto", on_step=None) -> tuple[object | None, dict]:
+              iteration: int, out: Path, dtype: str, device: str = "auto", on_step=None,
+              compute: str | None = None) -> tuple[object | None, dict]:
     """Train and write the model to ``out`` in ``dtype``; returns (the trained model if it is in this
     process, stats).
 
@@ -53,7 +70,7 @@ def fine_tune(load: Callable[[], object], model_dir: Path, tok, rows: list[dict]
     processes (trl on several GPUs: rank 0 writes the model itself). A bf16/fp16 ``dtype`` trains
     in mixed precision: fp32 master weights, autocast compute, the checkpoint stored in ``dtype``.
     ``device`` auto or cuda (no index) lets trl spread over every visible GPU; cuda:N keeps one.
-    ``on_step``: see ``train``."""
+    ``on_step``: see ``train``. ``compute``: the dtype to train in (``arithmetic``); None = ``dtype``."""
     gpus = processes(cfg, device)
     if gpus > 1 or (cfg.backend == "trl" and cfg.deepspeed):  # DeepSpeed on one GPU too: a launcher's environment
         from imm.sft.trl_trainer import launch
@@ -64,8 +81,9 @@ def fine_tune(load: Callable[[], object], model_dir: Path, tok, rows: list[dict]
         tok.save_pretrained(out / "model")
         return None, stats
     model = master_weights(load())
-    stats = train(model, tok, rows, prompt_fn, cfg, iteration, amp=None if dtype == "float32" else dtype,
-                  on_step=on_step)
+    compute = compute or dtype
+    stats = train(model, tok, rows, prompt_fn, cfg, iteration, amp=None if compute == "float32" else compute,
+                  on_step=on_step) | {"compute_dtype": compute}
     model.to(DTYPES[dtype]).save_pretrained(out / "model")
     tok.save_pretrained(out / "model")
     return model, stats

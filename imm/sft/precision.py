@@ -7,9 +7,13 @@
 - ``MasterWeights``: the model's own parameters are cast to bfloat16 once, the forward and backward
   run on them with no per-op casting (autocast would cast every weight at every forward and every
   gradient back), and the optimizer holds float32 copies (the master weights) that it updates; the
-  bf16 weights are refreshed from them after each step. At lr 2e-5 an update is below half a bf16 ulp
-  of most weights: it accumulates in the master copy instead of rounding away. This is DeepSpeed's
-  bf16 mode, on one process. ``finish`` writes the master weights back into the model in float32.
+  bf16 weights are refreshed from them after each step, rounded stochastically (``StochasticRounding``).
+  At SFT's learning rates most updates are below half a bf16 ulp of the weight: rounded to nearest,
+  the forward would not see them (autocast has the same blind spot: it rounds the float32 weights at
+  every matmul). On SmolLM2-135M at lr 5e-5 that kept the loss near its start while float32 training
+  halved it (bench/RESULTS.md); rounded stochastically, the bf16 weights equal the masters in
+  expectation and the loss follows float32's. ``finish`` writes the master weights back into the model
+  in float32.
 """
 
 from __future__ import annotations
@@ -38,11 +42,36 @@ def response_loss(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Te
     return F.cross_entropy(logits.float(), target[keep])
 
 
+class StochasticRounding:
+    """float32 tensors rounded to bfloat16 stochastically: a uniform 16-bit integer added to the bits
+    bf16 drops, then those bits cut, so a value between two bf16 neighbours goes to the upper one with
+    probability proportional to its distance from the lower one (unbiased; exact where bf16 holds the
+    value). The integers come from one pool drawn once, read at a fresh random offset for every tensor
+    and call: each element's noise is uniform, which is all the expectation needs, and a call costs one
+    add and one mask instead of a draw of every element. For finite values (master weights are: a
+    non-finite loss stops SFT before its step)."""
+
+    SPREAD = 1 << 20  # offsets a tensor's window can start at
+
+    def __init__(self, largest: int, device, seed: int = 0):
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.pool = torch.randint(0, 1 << 16, (largest + self.SPREAD,), dtype=torch.int32, device=device,
+                                  generator=self.generator)
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor) -> None:
+        """``out`` (bf16, x's shape) := x stochastically rounded."""
+        off = int(torch.randint(0, self.SPREAD + 1, (1,), generator=self.generator))
+        bits = x.view(torch.int32) + self.pool[off:off + x.numel()].view(x.shape)
+        out.copy_(bits.bitwise_and_(-65536).view(torch.float32))  # 0xFFFF0000: the conversion is then exact
+
+
 class MasterWeights:
     """bf16 compute weights in the model, float32 master weights in the optimizer (see the module)."""
 
-    def __init__(self, model, dtype: torch.dtype = torch.bfloat16):
+    def __init__(self, model, dtype: torch.dtype = torch.bfloat16, stochastic: bool = True, seed: int = 0):
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.rounding = (StochasticRounding(max(p.numel() for p in self.params), self.params[0].device, seed)
+                         if stochastic and dtype == torch.bfloat16 else None)
         self.master = [p.detach().to(torch.float32).clone().requires_grad_() for p in self.params]
         self.model = model
         for p in self.params:  # parameters only: buffers (RoPE's inverse frequencies) keep their precision
@@ -59,8 +88,15 @@ class MasterWeights:
 
     @torch.no_grad()
     def refresh(self) -> None:
-        """The compute weights from the just-updated masters."""
-        torch._foreach_copy_(self.params, self.master)
+        """The compute weights from the just-updated masters, stochastically rounded to bf16 when
+        built with ``stochastic`` (the default): a master weight x between two bf16 neighbours goes to the upper one
+        with probability proportional to its distance from the lower one, so the bf16 weight equals x in
+        expectation and an update smaller than half an ulp still moves the forward on average."""
+        if self.rounding is None:
+            torch._foreach_copy_(self.params, self.master)
+            return
+        for p, m in zip(self.params, self.master):
+            self.rounding(m.detach(), p.data)
 
     @torch.no_grad()
     def finish(self):

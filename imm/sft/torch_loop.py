@@ -133,4 +133,4 @@ def train(model, tok, rows: list[dict], prompt_fn, cfg: SFTConfig, iteration: in
     return {"loss": sum(last) / len(last), "first_loss": losses[0], "steps": total,
             "tokens_per_s": tokens / (time.perf_counter() - start), "pad_share": 1 - tokens / max(padded, 1),
             "kept_share": kept, "global_batch": cfg.batch_size * accum, "device": str(device),
-            "lrs": lrs}  # the learning rate of each optimizer step
+            "lrs": lrs, "losses": losses}  # the learning rate of each optimizer step, the loss of each micro-batch

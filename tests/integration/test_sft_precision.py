@@ -30,7 +30,7 @@ def test_master_weights_keep_updates_below_half_a_bf16_ulp(tiny_model):
     weight = model.get_output_embeddings().weight
     weight.data = weight.data.to(torch.bfloat16).float()  # bf16-exact, as a prepared bf16 checkpoint is
     start = weight.detach().clone()
-    masters = MasterWeights(model)
+    masters = MasterWeights(model, stochastic=False)  # round to nearest
     assert weight.dtype == torch.bfloat16 and masters.master[0].dtype == torch.float32
     assert all(b.dtype == torch.float32 for b in model.buffers() if b.is_floating_point())  # RoPE untouched
     tiny = 1e-4 * start.abs()  # far below half a bf16 ulp (~2e-3 relative)
@@ -53,3 +53,19 @@ def test_bf16_training_lowers_the_loss_and_returns_float32(tiny_model):
                       amp="bfloat16")
     assert stats["loss"] < stats["first_loss"] - 0.1
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_stochastic_refresh_moves_the_bf16_weights_by_the_update_on_average(tiny_model):
+    model = load_model(ModelConfig(path=str(tiny_model)))
+    weight = model.get_output_embeddings().weight
+    weight.data = weight.data.to(torch.bfloat16).float()
+    start = weight.detach().clone()
+    masters = MasterWeights(model)  # stochastic rounding, the default
+    m = next(m for m, p in zip(masters.master, masters.params) if p is weight)
+    up = torch.nextafter(start.to(torch.bfloat16), torch.full_like(start, float("inf")).to(torch.bfloat16)).float()
+    m.data += 0.25 * (up - start)  # a quarter of the way to each weight's upper bf16 neighbour
+    masters.refresh()
+    moved = weight.float()
+    assert bool(((moved == start) | (moved == up)).all())  # one of the two neighbours, nothing else
+    share = float((moved == up).float().mean())
+    assert abs(share - 0.25) < 4 * (0.25 * 0.75 / start.numel()) ** 0.5  # up with probability 1/4
