@@ -177,6 +177,43 @@ def bench_sft(model, tok, data, args, machine: dict) -> None:
     print(f"imm (bf16) vs TRL in its best setting here: {ours / trl_best:.2f}x")
 
 
+def held_loss(model, tok, rows: list[dict], prompt_fn) -> float:
+    """Mean response loss of ``rows`` under float32 arithmetic (one row a batch: no padding)."""
+    from imm.sft.precision import response_loss
+    from imm.sft.torch_loop import collate, encode
+
+    examples = [encode(tok, prompt_fn(r["question"]), r["response"]) for r in rows]
+    net = copy.deepcopy(model).float().eval()
+    total = 0.0
+    with torch.no_grad():
+        for i in range(len(examples)):
+            ids, labels, mask = collate(examples, [i], tok.pad_token_id)
+            total += float(response_loss(net, ids, mask, labels))
+    return total / len(examples)
+
+
+def bench_sft_curve(model, tok, data, rows_n: int) -> None:
+    """SFT's loss in float32 and in bf16 with float32 master weights on the same rows, in the real-LLM
+    experiment's SFT settings (sweeps/real_llm.yaml), and each trained model's float32 loss on held-out rows."""
+    prompt_fn = lambda q: INSTRUCTION.format(question=q)  # noqa: E731
+    pool = [{"question": i["question"], "response": "\n" + i["answer_text"]} for i in data.train]
+    rows, held = pool[:rows_n], pool[rows_n:rows_n + 64]
+    cfg = sft.SFTConfig(epochs=2, lr=5e-5, batch_size=4, global_batch=8)
+    print(f"\n## SFT loss, float32 vs bf16 + fp32 master weights: {len(rows)} rows, 2 epochs, lr 5e-5, global batch 8; "
+          f"held-out loss (float32 arithmetic) on {len(held)} other rows")
+    curves, after = {}, {"base": held_loss(model, tok, held, prompt_fn)}
+    for name, amp in (("float32", None), ("bf16", torch.bfloat16)):
+        net = copy.deepcopy(model)
+        curves[name] = sft_torch(net, tok, rows, prompt_fn, cfg, 0, amp=amp)["losses"]
+        after[name] = held_loss(net, tok, held, prompt_fn)
+    n, bins = len(curves["float32"]), 8
+    edges = [round(b * n / bins) for b in range(bins + 1)]
+    print(f"{'micro-batches':<16}" + "".join(f"{f'{a + 1}-{b}':>9}" for a, b in zip(edges, edges[1:])))
+    for name, losses in curves.items():
+        print(f"{name:<16}" + "".join(f"{sum(losses[a:b]) / (b - a):>9.3f}" for a, b in zip(edges, edges[1:])))
+    print("held-out loss: " + ", ".join(f"{k} {v:.3f}" for k, v in after.items()))
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="outputs/data/world-nl-s0")
@@ -191,6 +228,7 @@ def main(argv=None) -> None:
     p.add_argument("--no-llama-cpp", action="store_true", help="leave llama.cpp out (not installed)")
     p.add_argument("--max-new", type=int, default=96)
     p.add_argument("--sft-rows", type=int, default=128, help="0 = sampling only")
+    p.add_argument("--curve-rows", type=int, default=0, help="rows for SFT's float32 vs bf16 loss curve (0 = none)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args(argv)
@@ -198,7 +236,8 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     path = prepare.ensure("smollm2-135m-instruct", Path("outputs/models/smollm2-135m-instruct"))
     model, tok = load_model(ModelConfig(path=str(path), dtype="float32")), load_tokenizer(str(path))
-    data = world_data(args.data, max(args.prompts, args.sft_rows, args.numerics, args.eval_items), args.shots)
+    data = world_data(args.data, max(args.prompts, args.sft_rows, args.numerics, args.eval_items, args.curve_rows + 64),
+                      args.shots)
     for item in data.train:  # the GSM8K file's worked solution, without its "#### N" line
         item["answer_text"] = item.get("solution", "").split("\n####")[0] or f"The answer is {item['answer']}."
     data.train, pool = data.train[:args.prompts], data.train
@@ -217,6 +256,9 @@ def main(argv=None) -> None:
     if args.sft_rows:
         data.train = pool
         bench_sft(model, tok, data, args, machine)
+    if args.curve_rows:
+        data.train = pool
+        bench_sft_curve(model, tok, data, args.curve_rows)
 
 
 if __name__ == "__main__":
