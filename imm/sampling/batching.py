@@ -18,6 +18,8 @@ from imm.sampling.slots import Packed, Slots
 
 ADMIT_SHARE = 8  # prompts are admitted once 1/ADMIT_SHARE of the slots are free (a prefill per few rows is slow)
 PREFILL_TOKENS = 4096  # most prompt tokens one prefill runs at once (its attention scores grow with the square)
+TOP_K = 64  # a sampled row's candidates before the whole vocabulary is read (draw)
+TAIL_MASS = 1e-7  # the most probability the tokens outside them may hold (float32's CDF resolves no finer)
 SHRINK_BELOW = 2  # with no prompt waiting, the slots shrink to the live rows once fewer than 1/SHRINK_BELOW live
 
 _PACKED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -124,14 +126,42 @@ def draw(logits: torch.Tensor, temps: torch.Tensor, top_p: float, generator: tor
         return best
     rows = torch.nonzero(temps > 0).squeeze(-1) if best is not None else None
     sub, t = (logits, temps) if rows is None else (logits[rows], temps[rows])
-    scaled = nucleus_logits(sub, t, top_p) if top_p < 1.0 else sub / t[:, None]
-    cdf = scaled.softmax(-1).cumsum_(-1)
-    u = torch.rand(len(t), generator=generator, device=logits.device) * cdf[:, -1]
-    picked = torch.searchsorted(cdf, u[:, None], right=True).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
+    u = torch.rand(len(t), generator=generator, device=logits.device)
+    if top_p < 1.0:
+        picked = _inverse_cdf(nucleus_logits(sub, t, top_p), u)
+    else:
+        picked = _from_top(sub, t, u)
     if best is None:
         return picked
     best[rows] = picked
     return best
+
+
+def _inverse_cdf(scaled: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The token where each row's softmax CDF (of its already scaled logits) first exceeds u (in [0, 1))."""
+    cdf = scaled.softmax(-1).cumsum_(-1)
+    picked = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(-1)
+    return picked.clamp_(max=scaled.shape[-1] - 1)
+
+
+def _from_top(logits: torch.Tensor, temps: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``_inverse_cdf`` of logits / temps, read from each row's TOP_K largest logits where the rest of the
+    vocabulary holds less than TAIL_MASS of the probability (at the temperatures sampling uses almost
+    every row: a softmax and a CDF over 49k tokens cost more than the model's matmuls at 128 rows);
+    the other rows take the whole vocabulary. The top tokens come in the vocabulary's order, as
+    in the full CDF: a draw lands on the token the full CDF gives except with probability below TAIL_MASS."""
+    top, idx = logits.topk(min(TOP_K, logits.shape[-1]), -1, sorted=True)
+    scaled = top / temps[:, None]
+    # every token outside the top has at most the K-th's probability: a bound on the tail's share
+    tail = (logits.shape[-1] - top.shape[-1]) * (scaled[:, -1:] - scaled[:, :1]).exp().squeeze(-1)
+    order = idx.argsort(-1)
+    sub_idx = idx.gather(-1, order)  # the top tokens in vocabulary order
+    within = _inverse_cdf(scaled.gather(-1, order), u)
+    picked = sub_idx.gather(-1, within[:, None]).squeeze(-1)
+    wide = torch.nonzero(tail > TAIL_MASS).squeeze(-1)
+    if len(wide):
+        picked[wide] = _inverse_cdf(logits[wide] / temps[wide, None], u[wide])
+    return picked
 
 
 def _next_group(queue: list[int], prompts: list[list[int]], room: int) -> list[int]:
