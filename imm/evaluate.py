@@ -80,10 +80,29 @@ def _decoded(model, tok, tests: dict[str, list[dict]], prompt_fn, cfg: EvalConfi
             start += size
 
 
+def format_metrics(rows: list[dict], groups: dict[str, list[str]]) -> dict[str, float]:
+    """Format apart from reasoning, on each item's first answer: ``<set>/answered``, the share that
+    states a final answer; ``<set>/right_answered``, pass@1 among those (0 where none does); the same
+    for each group (id, ood) as the mean over its sets."""
+    out: dict[str, float] = {}
+    for name in sorted({r["set"] for r in rows}):
+        mine = [r for r in rows if r["set"] == name]
+        answered = [r for r in mine if r["answered"]]
+        out[f"{name}/answered"] = len(answered) / len(mine)
+        out[f"{name}/right_answered"] = sum(r["right"] for r in answered) / len(answered) if answered else 0.0
+    for group, sets in groups.items():
+        for key in ("answered", "right_answered"):
+            if sets and all(f"{s}/{key}" in out for s in sets):
+                out[f"{group}/{key}"] = sum(out[f"{s}/{key}"] for s in sets) / len(sets)
+    return out
+
+
 def evaluate(model, tok, data, prompt_fn, cfg: EvalConfig, desc: str = "eval", complete_fn=None,
              compile: bool = False, records: list | None = None, decoding: dict | None = None) -> dict[str, float]:
     """Metrics {set: pass@1, set/pass_at_k: ..., id[/pass_at_k]: mean over ID sets, ood[/...]: OOD,
     set/no_answer: share of samples without a final answer, set/timeouts: checks out of time,
+    set/answered and set/right_answered (and per group): the first answer's format apart from its
+    reasoning (``format_metrics``),
     set/ran_to_limit and set/stopped: shares of samples that ran to the token limit / were ended by a
     stop string or their answer statement,
     set/sound_share, shortcut_share, flawed_share (testbed sets; id and ood pooled)}.
@@ -118,7 +137,7 @@ def evaluate(model, tok, data, prompt_fn, cfg: EvalConfig, desc: str = "eval", c
             if sets:
                 metrics[group + suffix] = sum(metrics[s + suffix] for s in sets) / len(sets)
     groups = {"id": data.id_sets, "ood": data.ood_sets}
-    metrics |= step_metrics(rows, groups) | mechanism.set_metrics(rows, groups)
+    metrics |= format_metrics(rows, groups) | step_metrics(rows, groups) | mechanism.set_metrics(rows, groups)
     if records is not None:
         records += rows
     return metrics

@@ -21,6 +21,7 @@ from collections import Counter
 
 from imm.analysis import mechanism
 from imm.data.world.steps import CLASSES, check_steps
+from imm.grading.answers import final_answer
 
 SHARES = CLASSES[:3]  # sound, shortcut, flawed: the classes of a right answer
 
@@ -33,13 +34,16 @@ def has_steps(item: dict) -> bool:
 def item_records(set_name: str, outs: list[list[str]], items: list[dict],
                  verdicts: list[list[bool]], at_limit: list[list[bool]] | None = None) -> list[dict]:
     """One row per test item: set, index, samples n, how many were right, whether the first was, its
-    text, and for testbed items the step class of each sample ("wrong" where the grade says wrong)
+    text, whether it states a final answer (``answered``) and ended before the token limit (``ended``,
+    where the decoder reported it), and for testbed items the step class of each sample ("wrong" where the grade says wrong)
     and its mechanism readings (``imm.analysis.mechanism.reading``; ``at_limit``: which samples used every
     new token allowed, when the decoder reported it)."""
     rows = []
     for i, (texts, item, ok) in enumerate(zip(outs, items, verdicts, strict=True)):
         row = {"set": set_name, "index": i, "n": len(texts), "correct": sum(ok), "right": bool(ok[0]),
-               "text": texts[0]}
+               "text": texts[0], "answered": final_answer(texts[0]) is not None}
+        if at_limit is not None:
+            row["ended"] = not at_limit[i][0]  # ended before the token limit (its answer, a stop, EOS)
         if has_steps(item):
             row["steps"] = [check_steps(t, item) if good else "wrong" for t, good in zip(texts, ok)]
             limits = at_limit[i] if at_limit is not None else [None] * len(texts)

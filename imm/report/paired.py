@@ -13,6 +13,8 @@ final model it prints:
 - the difference from the base model, ID and OOD (points of pass@1, the OOD mean over its sets);
 - the difference between methods at the final iteration (same seeds, same items);
 - the share of right OOD answers with sound steps, for the base and each final model;
+- format apart from reasoning, where the records carry it: the difference in the share of answers
+  that state a final answer, and in pass@1 among those;
 
 each with a 95% percentile interval from a bootstrap, a bootstrap p-value, and for the IMM
 comparisons with the base over several α values (or merge rules and schedules) a Holm correction
@@ -93,6 +95,20 @@ def share_bootstrap(hit: np.ndarray, counted: np.ndarray, boot: int = 2000, seed
     den = counted[runs, items].sum(axis=(1, 2))
     stats = 100 * num / np.maximum(den, 1)
     return Interval(float(100 * hit.sum() / max(counted.sum(), 1)), *np.percentile(stats, [2.5, 97.5]).tolist(), 1.0)
+
+
+def share_difference_bootstrap(hit_a: np.ndarray, counted_a: np.ndarray, hit_b: np.ndarray, counted_b: np.ndarray,
+                               boot: int = 2000, seed: int = 0) -> Interval:
+    """The difference of two pooled shares ``hit / counted`` (runs × items each, the same items), e.g.
+    right among answered, in points: its 95% interval and two-sided p-value, the items resampled
+    together for both models (runs as in ``_draws``)."""
+    arrays = [np.asarray(x, float) for x in (hit_a, counted_a, hit_b, counted_b)]
+    runs, items = _draws(*arrays[0].shape, boot, np.random.default_rng(seed))
+    ha, ca, hb, cb = (x[runs, items].sum(axis=(1, 2)) for x in arrays)
+    stats = 100 * (ha / np.maximum(ca, 1) - hb / np.maximum(cb, 1))
+    mean = 100 * (arrays[0].sum() / max(arrays[1].sum(), 1) - arrays[2].sum() / max(arrays[3].sum(), 1))
+    p = min(1.0, 2 * min((stats <= 0).mean(), (stats >= 0).mean()))
+    return Interval(float(mean), *np.percentile(stats, [2.5, 97.5]).tolist(), p)
 
 
 def per_run(values, fmt: str) -> str:
@@ -208,12 +224,14 @@ def _report(jobs: list[Path], boot: int) -> str:
     rows: list[list[str]] = []
     imm_rows: list[tuple[int, float]] = []
     finals: dict[tuple[str, float], tuple[list[Unit], list[list[dict]]]] = {}
+    compared: list[tuple[str, list[list[dict]], list[list[dict]]]] = []
     for (method, alpha), by_seed in sorted(found.items()):
         seeds = sorted(by_seed)
         final = [by_seed[s][final_label(by_seed[s], method.split()[0])] for s in seeds]
         base = [by_seed[s]["Base"] for s in seeds]
         finals[(method, alpha)] = (seeds, final)
-        rows.append(_difference_row(f"{label(method, alpha)} final − Base", final, base, (id_sets, ood_sets), boot))
+        compared.append((f"{label(method, alpha)} final − Base", final, base))
+        rows.append(_difference_row(*compared[-1], (id_sets, ood_sets), boot))
         if method.split()[0] == "imm":
             imm_rows.append((len(rows) - 1, float(rows[-1][5])))
     for (i, _), p in zip(imm_rows, holm([p for _, p in imm_rows])):
@@ -225,10 +243,18 @@ def _report(jobs: list[Path], boot: int) -> str:
             if not common:
                 continue
             pick = lambda k: [finals[k][1][finals[k][0].index(s)] for s in common]  # noqa: E731
-            rows.append(_difference_row(f"{label(*a)} − {label(*b)}, final", pick(a), pick(b), (id_sets, ood_sets), boot))
+            compared.append((f"{label(*a)} − {label(*b)}, final", pick(a), pick(b)))
+            rows.append(_difference_row(*compared[-1], (id_sets, ood_sets), boot))
     lines = _held_fixed_note([int(r[1]) for r in rows])
     lines += ["| comparison | runs | ID (points) | p | OOD (points) | p | p_holm (OOD) | ID per run | OOD per run |",
               "|---|---:|---:|---:|---:|---:|---:|---|---|"] + ["| " + " | ".join(r) + " |" for r in rows]
+    if compared and all("answered" in r for _, a, _ in compared for recs in a for r in recs):
+        lines += ["", "Format apart from reasoning: the difference in the share of first answers that state a final "
+                  "answer (answered), and in pass@1 among the answers that do (right among answered); "
+                  "points, 95% interval, p.", "",
+                  "| comparison | runs | ID answered | ID right among answered | OOD answered | OOD right among answered |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        lines += [_format_row(name, a, b, (id_sets, ood_sets), boot) for name, a, b in compared]
     bases = {unit: evals["Base"] for by_unit in found.values() for unit, evals in by_unit.items()}
     has_steps = any(r.get("steps") for by_seed in found.values() for evals in by_seed.values()
                     for recs in evals.values() for r in recs)
@@ -252,6 +278,19 @@ def _difference_row(name: str, a: list[list[dict]], b: list[list[dict]], sets: t
         cells.append(paired_bootstrap(x, y, boot))
         runs.append(per_run(100 * (x - y).mean(axis=1), "{:+.1f}"))
     return [name, str(len(a)), str(cells[0]), f"{cells[0].p:.3f}", str(cells[1]), f"{cells[1].p:.3f}", "", *runs]
+
+
+def _format_row(name: str, a: list[list[dict]], b: list[list[dict]], sets: tuple[tuple, tuple], boot: int) -> str:
+    """How much of a difference is format: answered, and right among answered, ID and OOD."""
+    answered = lambda r: float(r["answered"])  # noqa: E731
+    right_answered = lambda r: float(r["right"] and r["answered"])  # noqa: E731
+    cells = []
+    for names in sets:
+        ca, cb = matrix(a, names, answered), matrix(b, names, answered)
+        cells.append(paired_bootstrap(ca, cb, boot))
+        cells.append(share_difference_bootstrap(matrix(a, names, right_answered), ca, matrix(b, names, right_answered),
+                                                cb, boot))
+    return f"| {name} | {len(a)} | " + " | ".join(f"{c} (p {c.p:.3f})" for c in cells) + " |"
 
 
 def _held_fixed_note(runs: list[int]) -> list[str]:

@@ -1,6 +1,6 @@
 """Every evaluated stage of every method line (Base, SFT 1, Merge 1, ...), as a table: pass@1 of each
 set with ID and OOD, the shares of answers without a final answer and of answers that ran to the token
-limit (each the mean over the single sets), and the OOD items forgotten / newly solved since the base
+limit, pass@1 among the answers that state one (each the mean over the single sets), and the OOD items forgotten / newly solved since the base
 model; mean ± sample std over seeds (%). Where the paper's figures show lines, this is their table,
 with what a small model's failures look like (``<set>/no_answer``, ``<set>/ran_to_limit``) beside them.
 """
@@ -12,7 +12,7 @@ from statistics import fmean
 from imm.report.render import fmt
 from imm.report.tables import SUMMARY_SETS, RunRecord, method_lines, metric_at, stat
 
-SHARE_COLS = (("no answer", "no_answer"), ("ran to limit", "ran_to_limit"))
+SHARE_COLS = (("no answer", "no_answer"), ("ran to limit", "ran_to_limit"), ("right among answered", "right_answered"))
 MOVES = (("OOD forgotten", "ood/forgotten"), ("OOD newly solved", "ood/newly_solved"))
 
 

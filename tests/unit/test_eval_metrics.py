@@ -70,3 +70,17 @@ def test_the_no_answer_share_of_one_sample(monkeypatch):
     monkeypatch.setattr(ev, "complete", lambda model, tok, prompts, stats=None, **kw: [["nothing"] for _ in prompts])
     data = Data(train=[], tests={"a": [{"question": "q", "answer": "1"}]}, id_sets=["a"], ood_sets=[])
     assert ev.evaluate(None, Chars(), data, lambda it: it["question"], EvalConfig())["a/no_answer"] == 1.0
+
+
+def test_format_apart_from_reasoning_on_each_items_first_answer(metrics):
+    # first answers: a: q0 "7" right, q1 "4" wrong (both answered); b: right; c: wrong
+    assert metrics["a/answered"] == 1.0 and metrics["a/right_answered"] == 0.5
+    assert metrics["b/right_answered"] == 1.0 and metrics["c/right_answered"] == 0.0
+    assert metrics["ood/right_answered"] == 0.5 and metrics["ood/answered"] == 1.0
+
+
+def test_right_among_answered_leaves_the_unanswered_out():
+    rows = [{"set": "s", "right": True, "answered": True}, {"set": "s", "right": False, "answered": False},
+            {"set": "s", "right": False, "answered": True}, {"set": "s", "right": False, "answered": False}]
+    out = ev.format_metrics(rows, {"id": ["s"], "ood": []})
+    assert out == {"s/answered": 0.5, "s/right_answered": 0.5, "id/answered": 0.5, "id/right_answered": 0.5}

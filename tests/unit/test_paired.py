@@ -217,3 +217,27 @@ def test_merge_rules_and_schedules_are_their_own_rows(tmp_path):
     steps = {"name": "task_arithmetic", "schedule": "steps"}
     assert line({"method": {"name": "imm"}, "merge": steps | {"every": 2}}) == "imm [task_arithmetic, steps every 2]"
     assert line({"method": {"name": "imm"}, "merge": steps | {"every": 8}}) == "imm [task_arithmetic, steps]"
+
+
+def test_format_table_splits_a_gain_into_answering_and_right_among_answered(tmp_path):
+    # the base answers half the items and gets a third of those right; the final model answers every item
+    # and gets the same share of them right: its gain is all format
+    n = 60
+    def rows(answered, right):
+        return [{"set": s, "index": i, "right": bool(right[i]), "answered": bool(answered[i])}
+                for s in ("id_addsub", "ood_mult") for i in range(n)]
+    base_answered = [i % 2 == 0 for i in range(n)]
+    base_right = [i % 6 == 0 for i in range(n)]  # a third of the answered
+    final_right = [i % 3 == 0 for i in range(n)]  # a third of all
+    jobs = []
+    for s in (0, 1):
+        job = _job(tmp_path, f"v{s}", "vanilla", 0.5, s, "SFT1", {})
+        (job / "evaluations" / "Base.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(base_answered, base_right)))
+        (job / "evaluations" / "SFT1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows([True] * n, final_right)))
+        jobs.append(job)
+    text = report(jobs, boot=300)
+    line = next(x for x in text.splitlines() if x.startswith("| vanilla final − Base | 2 | +50.0"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[2].startswith("+50.0 [") and cells[3].startswith("+0.0 [")  # ID: answered +50, right among answered 0
+    assert cells[4].startswith("+50.0 [") and cells[5].startswith("+0.0 [")
+    assert "| vanilla final − Base | 2 | +16.7 [" in text  # pass@1 itself: 1/3 − 1/6

@@ -9,7 +9,8 @@ def run(seed: int, method: str, sft_id: float, merged: dict | None = None) -> Ru
     m = {"eval/base/id": {0: .1}, "eval/base/ood": {0: .05}, "eval/base/a": {0: .1}, "eval/base/b": {0: .05},
          "eval/base/a/no_answer": {0: .2}, "eval/base/b/no_answer": {0: .4},
          "eval/sft/id": {1: sft_id}, "eval/sft/a": {1: sft_id}, "eval/sft/ood": {1: 0.0},
-         "eval/sft/ood/forgotten": {1: .05}, "eval/sft/a/ran_to_limit": {1: .5}, "eval/sft/b/ran_to_limit": {1: .1}}
+         "eval/sft/ood/forgotten": {1: .05}, "eval/sft/a/ran_to_limit": {1: .5}, "eval/sft/b/ran_to_limit": {1: .1},
+         "eval/sft/a/right_answered": {1: .6}, "eval/sft/b/right_answered": {1: .2}}
     return RunRecord(f"{method}{seed}", tags={"method": method, "alpha": "0.5", "seed": str(seed)},
                      metrics=m | (merged or {}))
 
@@ -17,11 +18,12 @@ def run(seed: int, method: str, sft_id: float, merged: dict | None = None) -> Ru
 def test_stages_over_seeds_with_shares_averaged_over_the_single_sets():
     header, body = stage_table([run(0, "vanilla", .2), run(1, "vanilla", .4)], ["a", "b", "id", "ood"])
     assert header == ["method", "stage", "seeds", "a", "b", "ID", "OOD", "no answer", "ran to limit",
-                      "OOD forgotten", "OOD newly solved"]
+                      "right among answered", "OOD forgotten", "OOD newly solved"]
     base, sft = body
     assert base[:3] == ["vanilla", "Base", "2"] and base[7] == "30.0 ± 0.0"  # (20 + 40) / 2, no ID / OOD mix-in
     assert sft[1] == "SFT 1" and sft[3] == "30.0 ± 14.1" and sft[4] == ""  # set b has no SFT pass@1 logged
-    assert sft[8] == "30.0 ± 0.0" and sft[9] == "5.0 ± 0.0" and sft[10] == ""
+    assert sft[8] == "30.0 ± 0.0" and sft[9] == "40.0 ± 0.0" and base[9] == ""  # (60 + 20) / 2; none logged
+    assert sft[10] == "5.0 ± 0.0" and sft[11] == ""
 
 
 def test_a_merging_line_shows_sft_and_merge_of_each_iteration():
