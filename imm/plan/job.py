@@ -238,8 +238,13 @@ def plan_job(cfg, res: Resources, label: str = "job") -> Plan:
         train_rate = train * (max(1, res.gpus) if s.backend == "trl" and m.device in ("auto", "cuda") else 1)
         startup = per_stage = 0.0
     else:  # measured on a CPU (imm/plan/throughput.py): lengths and kept share as that job had them
-        r = cpu_rates(m.name, m.dtype, arch.params, plan.threads)
-        rs = cpu_rates(sampler_cfg.name, sampler_cfg.dtype, sampler.params, plan.threads)
+        from imm.stages import decoding_of  # the arithmetic the stages will run in on this machine
+
+        compute, sampler_compute = decoding_of(m)["dtype"], decoding_of(sampler_cfg)["dtype"]
+        if compute != m.dtype:
+            plan.dtype = f"{compute} compute ({m.dtype} weights)"
+        r = cpu_rates(m.name, compute, arch.params, plan.threads)
+        rs = cpu_rates(sampler_cfg.name, sampler_compute, sampler.params, plan.threads)
         work = workload(cfg, rows, r.sample_tokens, r.answer_tokens, r.kept, r.prompt_tokens)
         sample_rate, eval_rate, train_rate = rs.sample, r.evaluate, r.sft
         startup, per_stage = r.startup_s, r.stage_s

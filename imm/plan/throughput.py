@@ -1,6 +1,6 @@
 """How fast a job's stages run: measured rates on a CPU (``CPU_RATES``), a stated share of the peak on a GPU.
 
-A CPU job's wall time is planned from ``CPU_RATES``, one row per model and dtype, measured on the
+A CPU job's wall time is planned from ``CPU_RATES``, one row per model and compute dtype, measured on the
 2-core machine that runs the default job. Each rate is a stage's own wall time, what it loads and
 grades included, per token of the plan's count (imm/plan/job.py ``Workload``): new tokens sampled,
 new tokens of evaluation answers, trained tokens (a row's prompt and response, each epoch). A model
@@ -41,9 +41,15 @@ class CpuRates:
 
 CPU_RATES: dict[tuple[str, str], CpuRates] = {
     ("testbed", "float32"): CpuRates(
-        params=1_000_704, threads=2, sample=11800.0, evaluate=4900.0, sft=8700.0, sample_tokens=27.6,
-        answer_tokens=33.4, kept=0.49, prompt_tokens=37.3, startup_s=9.5, stage_s=0.05,
-        measured="python -m imm.main: 233 s wall on the 2-core machine, others' jobs beside it part of the time"),
+        params=1_000_704, threads=2, sample=19800.0, evaluate=10240.0, sft=20800.0, sample_tokens=27.6,
+        answer_tokens=33.5, kept=0.49, prompt_tokens=37.3, startup_s=5.6, stage_s=0.035,
+        measured="python -m imm.main: 106 s wall on the 2-core machine, otherwise idle"),
+    ("smollm2-135m-instruct", "bfloat16"): CpuRates(
+        params=134_515_008, threads=2, sample=723.0, evaluate=208.0, sft=212.0, sample_tokens=54.6,
+        answer_tokens=55.8, kept=0.094, prompt_tokens=37.2, startup_s=7.1, stage_s=1.57,
+        measured="python -m imm.main -cd sweeps -cn real_llm method=imm merge.alpha=0.5 run.seed=0 (slots decoder and "
+                 "SFT in bf16): 287 s wall on the 2-core machine, otherwise idle; evaluation 236 s of it, most of that "
+                 "the KL to the base"),
     ("smollm2-135m-instruct", "float32"): CpuRates(
         params=134_515_008, threads=2, sample=90.0, evaluate=90.0, sft=160.0, sample_tokens=40.0,
         answer_tokens=40.0, kept=0.3, prompt_tokens=250.0, startup_s=25.0, stage_s=5.0,

@@ -104,6 +104,22 @@ def test_a_cpu_job_is_planned_in_cpu_terms_from_its_rates(monkeypatch):
     assert f"~{wall / 60:.1f} min wall" in line and f"~{wall / 3600 * 2:.2f} CPU-h" in line
 
 
+def test_a_cpu_job_computing_in_bf16_is_planned_from_its_bf16_row_and_says_so(monkeypatch):
+    import imm.stages
+    from imm.plan import throughput
+
+    slow = CpuRates(**{**ROW.__dict__, "sample": ROW.sample / 10, "evaluate": ROW.evaluate / 10, "sft": ROW.sft / 10})
+    monkeypatch.setitem(throughput.CPU_RATES, ("testbed", "float32"), slow)
+    monkeypatch.setitem(throughput.CPU_RATES, ("testbed", "bfloat16"), ROW)
+    local = Resources("local", 0, 80.0, 16.0, None, cores=2)
+    args = ("dataset.n_train=100", "dataset.n_test=50", "run.iterations=2", "method=imm")
+    in_fp32 = plan_for(local, *args)
+    monkeypatch.setattr(imm.stages, "decoding_of", lambda model: {"decoder": "slots", "dtype": "bfloat16"})
+    in_bf16 = plan_for(local, *args)
+    assert "bfloat16 compute (float32 weights)" in in_bf16.line() and "bfloat16" not in in_fp32.line()
+    assert in_bf16.hours < in_fp32.hours / 5  # the bf16 row's rates, ten times the float32 row's
+
+
 def test_cpu_rates_scale_with_threads_and_model_size(monkeypatch):
     from imm.plan import throughput
 
