@@ -1,7 +1,8 @@
 """Throughput on a real instruct LLM (SmolLM2-135M-Instruct), side by side with what a user would run
 instead, and with this machine's roofline.
 
-    python -m bench.real_llm --threads 2 --prompts 64 --k 2 --shots 1 --max-new 80 --rows 128 --sft-rows 64
+    python -m bench.real_llm --threads 2 --prompts 256 --k 2 --shots 1 --max-new 80 --rows 128 --plain-prompts 16 \
+        --eval-items 1200 --numerics 200 --sft-rows 48 --curve-rows 128 --repeats 1
 
 Sampling, on the same prompts, threads and token limit: plain batched ``generate`` in float32 and in
 bfloat16 (on the first ``--plain-prompts``: it is slow), imm's ``complete`` (the slots decoder in
@@ -13,6 +14,8 @@ own KV), and each row's share of the lower bound. SFT, on the same rows (the pap
 prompt, a worked solution as the response): imm's torch loop in float32 and in bf16 with float32
 master weights, TRL's ``SFTTrainer`` with its defaults, with ``bf16`` and with ``bf16`` + padding-free
 batches, in non-padding tokens/s against the bf16 compute bound (6N + attention FLOPs a token).
+``--eval-items``: an evaluation's greedy decoding timed; ``--numerics``: the base model's greedy answers
+in float32 and bf16; ``--curve-rows``: SFT's loss in float32 and bf16 on the same rows.
 """
 
 from __future__ import annotations
