@@ -186,7 +186,7 @@ class _Stages:
         self.last_items = items
         self.folder.mkdir(parents=True, exist_ok=True)  # per-item results by model, for paired statistics
         path = self.folder / f"{label.replace(' ', '')}.jsonl"
-        write_jsonl(path, [{k: r[k] for k in ("set", "index", "right", "steps") if k in r} for r in items])
+        write_jsonl(path, [{k: r[k] for k in ("set", "index", "right", "answered", "ended", "steps") if k in r} for r in items])
         self.tracker.artifact(path, "evaluations")  # the report's paired statistics read them from MLflow
         self.result.rows.append((label, metrics))
         headline = {f"final/{k}": metrics[k] for k in ("id", "ood", *self.result.sets) if final and k in metrics}
