@@ -22,7 +22,7 @@ from imm import methods
 from imm import sft
 from imm.config import Config
 from imm.data import Data
-from imm.data.prompts import EXEMPLARS
+from imm.data.prompts import EXEMPLARS, PAPER_EXEMPLARS
 from imm.evaluate import evaluate
 from imm.grading.filtering import keep_correct
 from imm.analysis.divergence import held_out, response_kl
@@ -123,7 +123,14 @@ def data_key(cfg: Config, split: str) -> str:
     d.pop("n_test" if split == "train" else "n_train")
     if split == "train" or d.get("eval_split") == "test":
         d.pop("eval_split", None)  # the training questions never depend on it; test keeps its old keys
-    shots = {"exemplars": digest(EXEMPLARS)} if cfg.dataset.kind == "benchmarks" else {}
+    if not d.get("exemplars"):
+        d.pop("exemplars", None)  # each benchmark's own exemplars: the keys they always had
+    for files in (d.get("files") or {}).values():
+        if files.get("validation") is None:
+            files.pop("validation", None)
+    shots = {"exemplars": digest(PAPER_EXEMPLARS)} if cfg.dataset.kind == "benchmarks" else {}
+    if cfg.dataset.kind == "benchmarks" and cfg.dataset.exemplars:
+        shots["own"] = digest(EXEMPLARS[cfg.dataset.exemplars])
     return digest({"dataset": d, "split": split, "prompt": cfg.prompt, **shots})
 
 

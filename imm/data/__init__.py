@@ -40,6 +40,7 @@ class SplitFiles:
     """A benchmark's local files, one per split (None = load that split from the hub)."""
     train: Optional[str] = None  # rows the loop samples from (dataset.train_set only)
     test: Optional[str] = None  # rows of the test set
+    validation: Optional[str] = None  # rows a run with dataset.eval_split=validation evaluates on (choices are made there)
 
 
 def _split_files(name: str, value) -> SplitFiles:
@@ -49,7 +50,7 @@ def _split_files(name: str, value) -> SplitFiles:
     if isinstance(value, dict):
         return SplitFiles(**value)
     raise ValueError(f"dataset.files.{name}={value!r}: give one file per split, "
-                     f"dataset.files.{name}.train=... and/or dataset.files.{name}.test=...")
+                     f"dataset.files.{name}.train=... and/or dataset.files.{name}.test=... / .validation=...")
 
 
 @dataclass
@@ -69,13 +70,15 @@ class DatasetConfig:
     # that `dataset.files.gsm8k.test=path` composes as written
     files: Dict[str, SplitFiles] = field(default_factory=lambda: {name: SplitFiles() for name in BENCHMARKS})
     shots: int = 10  # benchmarks: worked examples in the sampling/evaluation prompt (paper: 10)
+    exemplars: str = ""  # benchmarks: the exemplar set every prompt takes its shots from (imm.data.prompts.EXEMPLARS); "" = each benchmark's own
     overlap: str = "error"  # training questions found in a test set: error (refuse) | drop them | warn
     # benchmarks: a folder the testbed world's families are written to as benchmark files when they are
     # missing (imm/data/world/benchmark_files.py, seeded by dataset.seed); null = files are the user's
     world_files: Optional[str] = None
-    # testbed: which items the test sets hold. test: the reported split | validation: items carved from
-    # the training questions' part of question space, none of them a training question of the run:
-    # choose α, SFT strength, the base model on it, never on test
+    # which items the test sets hold. test: the reported split | validation: testbed: items carved from
+    # the training questions' part of question space, none of them a training question of the run;
+    # benchmarks: each test set's dataset.files.<set>.validation. Choose α, SFT strength, the base model
+    # on it, never on test
     eval_split: str = "test"
 
     def __post_init__(self) -> None:
@@ -104,13 +107,20 @@ class DatasetConfig:
 
                 ensure(self.world_files, self.seed)
 
-            needs = [(self.train_set, "train")] + [(name, "test") for name in self.test_sets]
+            if self.exemplars:
+                from imm.data.prompts import EXEMPLARS
+
+                if self.exemplars not in EXEMPLARS:
+                    raise ValueError(f"dataset.exemplars={self.exemplars!r} is not one of {sorted(EXEMPLARS)}")
+            needs = [(self.train_set, "train")] + [(name, self.eval_split) for name in self.test_sets]
             for name, split in needs:
                 given = getattr(self.files.get(name, SplitFiles()), split)
+                if split == "validation" and not given:  # a hub's splits are not ours to carve
+                    raise FileNotFoundError(f"dataset.eval_split=validation: give dataset.files.{name}.validation")
                 if benchmarks.get(name).hub is None and not given:  # get() names valid ones
                     raise FileNotFoundError(f"benchmark {name!r} has no hub id: give dataset.files.{name}.{split}")
             for name, split_files in self.files.items():
-                for split in ("train", "test"):
+                for split in ("train", "test", "validation"):
                     path = getattr(split_files, split)
                     if path and not os.path.exists(path):
                         raise FileNotFoundError(f"dataset.files.{name}.{split}={path!r} does not exist")
@@ -184,11 +194,12 @@ def _benchmarks(cfg: DatasetConfig) -> Data:
         path = getattr(cfg.files.get(name, SplitFiles()), split or "test")
         items = load_benchmark(name, split, path, limit=n)
         for item in items:
-            item["prompt"] = build_prompt(item["question"], name, cfg.shots)
+            item["prompt"] = build_prompt(item["question"], cfg.exemplars or name, cfg.shots)
         return items
 
     train = load(cfg.train_set, "train", cfg.n_train)
-    tests = {name: load(name, None, cfg.n_test) for name in cfg.test_sets}
+    split = None if cfg.eval_split == "test" else "validation"  # None: the benchmark's own test split
+    tests = {name: load(name, split, cfg.n_test) for name in cfg.test_sets}
     id_sets = cfg.id_sets or [n for n in cfg.test_sets if n == cfg.train_set]
     ood = cfg.ood_sets or [n for n in cfg.test_sets if n not in id_sets]
     return Data(train, tests, id_sets, ood)

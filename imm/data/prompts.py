@@ -215,7 +215,23 @@ CHOICE = (
      "The perimeter is 2 * (9 + w) = 30, so 9 + w = 15 and w = 6.", "(A)"),
 )
 
-EXEMPLARS = {"gsm8k": GSM8K, "math": MATH, "choice": CHOICE}
+# The world's own short exemplars (``dataset.exemplars=world``), for models the paper's long GSM8K ones
+# overwhelm: a loss, a gain, a product and two steps, with names, objects and numbers of their own (a
+# world question never repeats one). With 1 paper shot SmolLM2-135M-Instruct answered 13% of the one-step
+# validation items and stated no final answer on a quarter; with these four, 20% and every time.
+WORLD = (
+    ("Kate has 24 balloons. She gives away 7. How many balloons does she have now?",
+     "Kate starts with 24 balloons.\nShe gives away 7, so she has 24 - 7 = 17 balloons.", "17"),
+    ("There are 35 chairs in a hall. Paul adds 16. How many chairs are in the hall now?",
+     "The hall starts with 35 chairs.\nPaul adds 16, so there are 35 + 16 = 51 chairs.", "51"),
+    ("Nina has 6 jars with 4 buttons in each jar. How many buttons does she have?",
+     "Each of the 6 jars holds 4 buttons.\nSo she has 6 * 4 = 24 buttons.", "24"),
+    ("Omar has 18 rocks. He collects 5 more and then drops 9. How many rocks does he have now?",
+     "Omar starts with 18 rocks.\nHe collects 5 more: 18 + 5 = 23 rocks.\nHe drops 9: 23 - 9 = 14 rocks.", "14"),
+)
+
+PAPER_EXEMPLARS = {"gsm8k": GSM8K, "math": MATH, "choice": CHOICE}  # the sets every benchmark names
+EXEMPLARS = PAPER_EXEMPLARS | {"world": WORLD}
 
 
 def exemplar_set(dataset: str) -> tuple[tuple[str, str, str], ...]:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from imm.data.prompts import EXEMPLARS, build_prompt
+from imm.data.prompts import EXEMPLARS, WORLD, build_prompt
 from imm.grading.answers import STOP_STRINGS, cut_at_stop, final_answer
 
 ONE_SHOT = """Below is an instruction that describes a task. Write a response that appropriately \
@@ -67,7 +67,7 @@ def test_zero_shots_and_bounds():
 @pytest.mark.parametrize("family", sorted(EXEMPLARS))
 def test_every_exemplar_grades_as_its_own_answer(family):
     # A model imitating an exemplar must be graded right: each rendered answer extracts cleanly.
-    assert len(EXEMPLARS[family]) == 10
+    assert len(EXEMPLARS[family]) == (4 if family == "world" else 10)
     for question, rationale, answer in EXEMPLARS[family]:
         text = f"{rationale}\nThe answer is {answer}\n\n"
         assert final_answer(text).strip("$") == answer.strip("$")
@@ -83,3 +83,14 @@ def test_a_sample_running_into_the_next_exemplar_is_cut_there(family):
     _, rationale, answer = EXEMPLARS[family][0]
     assert cut_at_stop(prompt[start:]).strip() == f"{rationale}\nThe answer is {answer}"
     assert final_answer(prompt[start:]).strip("$") == answer.strip("$")
+
+
+def test_the_world_exemplars_are_no_world_question():
+    # The four short exemplars must never be an item a world_nl set can hold (their names and objects
+    # are none of the world's), or a model would be shown a test item's answer.
+    from imm.data.world import problems
+
+    names = {name for name, _ in problems.NAMES}
+    for question, _, _ in WORLD:
+        assert question.split()[0] not in names and question.split()[1] not in names
+        assert not any(f" {obj}" in question for obj in problems.OBJECTS)

@@ -289,31 +289,77 @@ def gen_id_wide(rng: random.Random) -> Problem:
 # One-step rungs of the same stories, for real pretrained LLMs (a 135M instruct model solves few two-step
 # items; imm/data/world/benchmark_files.py writes these as benchmark files).
 
-def gen_id_onestep(rng: random.Random) -> Problem:
-    name, pron = _person(rng)
-    obj = rng.choice(OBJECTS)
-    a, x = rng.randint(10, 39), rng.randint(1, 9)
-    sign = rng.choice("+-")
+def _one_change(rng: random.Random, name: str, pron: str, obj: str, a: int, sign: str, x: int) -> Problem:
+    """"<name> has <a> <obj>. <Pron> <verb x>. How many ...?" (draws the verb)."""
     return Problem(f"{name} has {a} {obj}. {pron.capitalize()} {_verb(sign, x, rng)}. How many {obj} does {pron} "
                    f"have now?", name, pron, obj, (a,), [(sign, x)])
 
 
-def gen_ood_wording_onestep(rng: random.Random) -> Problem:
-    obj = rng.choice(OBJECTS)
-    a, x = rng.randint(20, 59), rng.randint(5, 19)
-    sign = rng.choice("+-")
+def _box(rng: random.Random, obj: str, a: int, x: int, sign: str) -> Problem:
+    """"There are <a> <obj> in a box. <Name> puts in / takes out <x>. ..." (draws the wording and the name)."""
     act = {"+": rng.choice([f"puts in {x}", f"adds {x}"]), "-": rng.choice([f"takes out {x}", f"removes {x}"])}[sign]
     name, _ = _person(rng)
     return Problem(f"There are {a} {obj} in a box. {name} {act}. How many {obj} are in the box now?",
                    "The box", "it", obj, (a,), [(sign, x)])
 
 
+def _bags(name: str, pron: str, obj: str, a: int, b: int) -> Problem:
+    return Problem(f"{name} buys {a} bags of {obj} with {b} {obj} in each bag. How many {obj} does {pron} have?",
+                   name, pron, obj, (a, b), [])
+
+
+def gen_id_onestep(rng: random.Random) -> Problem:
+    name, pron = _person(rng)
+    obj = rng.choice(OBJECTS)
+    a, x = rng.randint(10, 39), rng.randint(1, 9)
+    return _one_change(rng, name, pron, obj, a, rng.choice("+-"), x)
+
+
+def gen_ood_wording_onestep(rng: random.Random) -> Problem:
+    obj = rng.choice(OBJECTS)
+    a, x = rng.randint(20, 59), rng.randint(5, 19)
+    return _box(rng, obj, a, x, rng.choice("+-"))
+
+
 def gen_ood_product(rng: random.Random) -> Problem:
     name, pron = _person(rng)
     obj = rng.choice(OBJECTS)
-    a, b = rng.randint(2, 9), rng.randint(2, 9)
-    return Problem(f"{name} buys {a} bags of {obj} with {b} {obj} in each bag. How many {obj} does {pron} have?",
-                   name, pron, obj, (a, b), [])
+    return _bags(name, pron, obj, rng.randint(2, 9), rng.randint(2, 9))
+
+
+# Families with room for a 135M instruct model (chosen on the validation split, docs/real-llm.md): its
+# greedy pass@1 with the world's four exemplars lies between 20 % and 70 % on each. ID is one small step;
+# the OOD sets step away from it in wording, in the size of the numbers and in the operation.
+
+def gen_id_small(rng: random.Random) -> Problem:
+    """One add/subtract step with small numbers: start 2-20, change 1-9 (a loss never exceeds the start)."""
+    name, pron = _person(rng)
+    obj = rng.choice(OBJECTS)
+    a, sign = rng.randint(2, 20), rng.choice("+-")
+    return _one_change(rng, name, pron, obj, a, sign, rng.randint(1, 9 if sign == "+" else min(9, a)))
+
+
+def gen_ood_box_small(rng: random.Random) -> Problem:
+    """Another wording (a box someone puts into or takes from), one step: start 10-29, change 1-5."""
+    obj = rng.choice(OBJECTS)
+    a, x = rng.randint(10, 29), rng.randint(1, 5)
+    return _box(rng, obj, a, x, rng.choice("+-"))
+
+
+def gen_ood_tens(rng: random.Random) -> Problem:
+    """Other numbers: the ID wording and one step, but a two-digit change (10-19); a gain starts at 2-12,
+    a loss at change + 1 to change + 11 (so the story never goes below one)."""
+    name, pron = _person(rng)
+    obj = rng.choice(OBJECTS)
+    x, sign = rng.randint(10, 19), rng.choice("+-")
+    return _one_change(rng, name, pron, obj, rng.randint(2, 12) if sign == "+" else rng.randint(x + 1, x + 11), sign, x)
+
+
+def gen_ood_product_wide(rng: random.Random) -> Problem:
+    """Another operation: one multiplication, 4-12 x 4-12."""
+    name, pron = _person(rng)
+    obj = rng.choice(OBJECTS)
+    return _bags(name, pron, obj, rng.randint(4, 12), rng.randint(4, 12))
 
 
 @dataclass(frozen=True)
@@ -340,11 +386,19 @@ FAMILIES: dict[str, Family] = {
     "id_wide": Family("id_wide", gen_id_wide, ("steps", "labeled", "story"),
                       "ID wording, add/subtract, start 10-59, changes 1-9, 2-4 steps (the coverage control)"),
     "id_onestep": Family("id_onestep", gen_id_onestep, ("steps", "labeled", "story"),
-                         "one add/subtract step, start 10-39, change 1-9 (real LLMs' ID)"),
+                         "one add/subtract step, start 10-39, change 1-9 (a 135M model: 13-20% greedy)"),
     "ood_wording_onestep": Family("ood_wording_onestep", gen_ood_wording_onestep, ("steps", "labeled", "story"),
                                   "one add/subtract step, box wording, start 20-59, change 5-19"),
     "ood_product": Family("ood_product", gen_ood_product, ("steps", "labeled", "story"),
                           "one multiplication, 2-9 x 2-9"),
+    "id_small": Family("id_small", gen_id_small, ("steps", "labeled", "story"),
+                       "one add/subtract step, start 2-20, change 1-9 (a real LLM's ID with room)"),
+    "ood_box_small": Family("ood_box_small", gen_ood_box_small, ("steps", "labeled", "story"),
+                            "one add/subtract step, box wording, start 10-29, change 1-5"),
+    "ood_tens": Family("ood_tens", gen_ood_tens, ("steps", "labeled", "story"),
+                       "one add/subtract step, ID wording, change 10-19"),
+    "ood_product_wide": Family("ood_product_wide", gen_ood_product_wide, ("steps", "labeled", "story"),
+                               "one multiplication, 4-12 x 4-12"),
 }
 assert ID_FAMILY in FAMILIES and all(f in FAMILIES for f in OOD_FAMILIES)
 
