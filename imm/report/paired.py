@@ -317,11 +317,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--boot", type=int, default=2000)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    text = report([j for j in args.jobs if (j / "config.yaml").exists()], args.boot)
+    emit(report([j for j in args.jobs if (j / "config.yaml").exists()], args.boot), args.out)
+
+
+def emit(text: str, out: Path | None) -> None:
+    """Print a report, and write it to ``out`` where one is given."""
     print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
 
 
 if __name__ == "__main__":
