@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from imm.report.paired import emit, final_label, groups, holm, label, matrix, right
+from imm.report.paired import by_setting, emit, final_label, groups, holm, label, matrix, right
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,16 @@ def _diffs(a: list[list[dict]], b: list[list[dict]], id_sets: tuple, ood_sets: t
 
 
 def report(jobs: list[Path], half: float = 2.0, items: list[int] = (200, 500, 1000), family: list[str] = ()) -> str:
+    """The table of every setting the jobs were evaluated in (imm.report.paired.setting), a heading each
+    where there are several: jobs on other items are never compared."""
+    parts = by_setting(jobs)
+    if len(parts) == 1:
+        return _report(jobs, half, items, family)
+    return "\n\n".join(f"#### dataset.seed {seed}, {split} split\n\n{_report(part, half, items, family)}"
+                       for (seed, split, _, _), part in sorted(parts.items()))
+
+
+def _report(jobs: list[Path], half: float, items: list[int], family: list[str]) -> str:
     found, id_sets, ood_sets = comparisons(jobs)
     unknown = set(family) - {name for name, _ in found}
     if unknown:
