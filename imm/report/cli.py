@@ -173,7 +173,11 @@ def no_runs_message(experiments: list[str], filters: dict[str, str], skipped: di
     return f"no finished runs in experiment {where} matching {what}" + (f" (skipped: {others})" if others else "")
 
 
-def write_alpha_table(g: tables.Grid, out: Path, method: str) -> tuple[list[Path], str]:
+def write_alpha_table(g: tables.Grid, out: Path, method: str,
+                      references: dict[str, dict[str, float]] | None = None) -> tuple[list[Path], str]:
+    """alpha_table.{md,csv,tex}, alpha_long.csv and (Eq. 6's axis) alpha.png, with ``references``'
+    ID and OOD (Base, the methods that do not merge) drawn as lines."""
+    references = references or {}
     header, body, note = render.grid_text(g)
     title = f"α ablation ({method})"
     md = render.markdown(header, body, note)
@@ -188,7 +192,14 @@ def write_alpha_table(g: tables.Grid, out: Path, method: str) -> tuple[list[Path
                 long.append({"set": r, "alpha": eq6, "mean": s.mean, "std": s.std, "n": s.n, "alpha_table3": table3})
     paths = [out / "alpha_table.md", render.write_csv(out / "alpha_table.csv", header, body),
              out / "alpha_table.tex", render.write_records(out / "alpha_long.csv", long)]
+    if not paper:  # the figure's axis is Eq. 6's α
+        figure = plots.alpha_figure(long, references, out, f"{title}: final model against α")
+        paths += [figure] if figure else []
     return paths, md
+
+
+def _mean(value) -> float | None:
+    return value.mean if isinstance(value, tables.Stat) else None
 
 
 def write_summary(rows: list[dict], out: Path) -> tuple[list[Path], str]:
@@ -219,7 +230,9 @@ def build(runs: list[RunRecord], out: Path, method: str, alpha: float, title: st
     out.mkdir(parents=True, exist_ok=True)
     files, text = [], []
     if any(r.method == method for r in runs):
-        paths, md = write_alpha_table(tables.alpha_table(runs, method, convention), out, method)
+        references = {str(r["method"]): {"id": _mean(r["ID"]), "ood": _mean(r["OOD"])}
+                      for r in tables.methods_summary(runs) if r["α"] == "–" and not r.get("setting")}
+        paths, md = write_alpha_table(tables.alpha_table(runs, method, convention), out, method, references)
         files += paths
         text.append(f"α ablation ({method})\n{md}")
     else:

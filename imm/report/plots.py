@@ -5,7 +5,9 @@
 - pass@k curves like Figs 8/13: accuracy against k, final iteration;
 - step shares (steps.png): sound / shortcut / flawed shares of the kept samples per iteration, and
   of the final model's right ID and OOD answers, one line per method;
-- transitions (transitions.png): per set, the items forgotten and newly solved since the base model.
+- transitions (transitions.png): per set, the items forgotten and newly solved since the base model;
+- the α curve (alpha.png) like the paper's Fig. 5: the merged model's final ID and OOD pass@1 against α,
+  with the base model and the methods that do not merge as horizontal lines.
 
 Run through ``python -m imm.report`` (see imm/report/cli.py).
 """
@@ -161,6 +163,29 @@ def transitions_figure(rows: list[dict], sets: list[str], out: Path, title: str)
             mine = [r for r in rows if r["set"] == set_name and r["measure"] == measure]
             _step_axes(axes[i][j], mine, f"{set_name}: {measure.replace('_', ' ')}", "share of items (%)")
     return _save(fig, out / "transitions.png", top=_legend_above(fig, axes, title))
+
+
+def alpha_figure(rows: list[dict], references: dict[str, dict[str, float]], out: Path, title: str) -> Path | None:
+    """ID and OOD final pass@1 of the merging method against α (``rows``: alpha_long's set, alpha, mean, std),
+    each name of ``references`` (Base, vanilla, ...: {"id": share, "ood": share}) a horizontal line."""
+    panels = [name for name in ("id", "ood") if any(r["set"] == name for r in rows)]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], panels):
+        pts = sorted((r for r in rows if r["set"] == name), key=lambda r: float(r["alpha"]))
+        _band(ax, [float(r["alpha"]) for r in pts], [r["mean"] for r in pts], [r["std"] for r in pts],
+              _style("imm"), "merged model")
+        for ref, values in references.items():
+            if values.get(name) is not None:
+                fmt, color = _style(ref)
+                ax.axhline(100 * values[name], linestyle="--" if ref == "Base" else ":", color=color or "C7", label=ref)
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(lo - 0.06 * (hi - lo), hi + 0.06 * (hi - lo))  # a line at the edge stays in view
+        ax.set_xlabel("α (Eq. 6: the base model's weight)")
+        ax.set_ylabel("pass@1 (%)")
+        ax.set_title(name.upper())
+    return _save(fig, out / "alpha.png", top=_legend_above(fig, axes, title))
 
 
 def _save(fig, path: Path, top: float | None = None) -> Path:

@@ -140,6 +140,7 @@ def test_alpha_table_files_share_the_shape(store):
     table = [line for line in md if line.startswith("|")]
     assert len(table) == 2 + len(ALL_SETS) and all(line.count("|") == 6 for line in table)
     assert "n=3 seeds" in (out / "alpha_table.md").read_text()
+    assert (out / "alpha.png").stat().st_size > 0  # the α curve beside the table
     tex = (out / "alpha_table.tex").read_text()
     body = tex.split(r"\midrule")[1].split(r"\bottomrule")[0].strip().splitlines()
     assert len(body) == len(ALL_SETS) and all(line.count("&") == 4 for line in body)
