@@ -25,13 +25,20 @@ SHRINK_BELOW = 2  # with no prompt waiting, the slots shrink to the live rows on
 _PACKED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
+def weights_state(model) -> tuple:
+    """What says a model's weights are the ones packed: each parameter's storage and version counter. An
+    in-place update (float32 SFT's optimizer) bumps the counter; a swap through ``.data`` (bf16 SFT's
+    master weights, imm/sft/precision.py) bumps none, but moves the storage."""
+    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+
+
 def packed(model, dtype: torch.dtype) -> Packed:
     """``model``'s packed weights in ``dtype``, kept while the model lives and its weights are unchanged
-    (an in-place update, as SFT makes, bumps the tensors' version counters and repacks)."""
-    version = sum(p._version for p in model.parameters())
+    (``weights_state``: SFT in place, in float32 or through bf16 master weights, repacks)."""
+    state = (dtype, weights_state(model))
     held = _PACKED.get(model)
-    if held is None or held[0] != (dtype, version):
-        held = ((dtype, version), Packed(model, dtype))
+    if held is None or held[0] != state:
+        held = (state, Packed(model, dtype))
         _PACKED[model] = held
     return held[1]
 

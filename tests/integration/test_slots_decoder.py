@@ -126,6 +126,32 @@ def test_packed_weights_follow_an_in_place_update(testbed):
     assert after is not before and torch.equal(after.norm, model.model.norm.weight)
 
 
+def test_packed_weights_follow_bf16_sft_through_master_weights(testbed):
+    """bf16 SFT swaps every weight through ``.data`` (float32 masters, imm/sft/precision.py), which bumps no
+    version counter: the model it leaves behind is repacked all the same, and decodes as a freshly loaded
+    copy of it does (not as the weights packed before SFT)."""
+    import copy
+
+    from imm.sft.precision import MasterWeights
+
+    model, tok = copy.deepcopy(testbed[0]), testbed[1]
+    prompts = questions(4)
+    greedy = dict(max_new_tokens=12, decoder="slots", dtype="float32")
+    complete(model, tok, prompts, **greedy)  # packs the weights before SFT
+    before = packed(model, torch.float32)
+    weights = MasterWeights(model, torch.bfloat16, stochastic=True, seed=0)
+    with torch.no_grad():
+        for m in weights.master:
+            m.add_(torch.randn_like(m) * 0.05)  # a large update, so the greedy texts move
+    weights.refresh()
+    weights.finish()
+    assert all(p._version == 0 for p in model.parameters())  # what the version check alone relied on
+    after = packed(model, torch.float32)
+    assert after is not before and torch.equal(after.norm, model.model.norm.weight)
+    fresh = copy.deepcopy(model)
+    assert complete(model, tok, prompts, **greedy) == complete(fresh, tok, prompts, **greedy)
+
+
 def test_bfloat16_keeps_most_greedy_answers(testbed):
     """bf16 arithmetic on the testbed: most greedy answers as in float32 (the full comparison on SmolLM2
     is in bench/RESULTS.md)."""
