@@ -27,7 +27,8 @@ def stage_rows(records: list[RunRecord]):
     Base, then SFT t (and Merge t for merging methods) at each iteration."""
     for setting, line, runs in method_lines(records):
         name = f"{line} ({setting})" if setting else line
-        steps = sorted({s for r in runs for s in r.metrics.get("eval/sft/id", {}) if s > 0})
+        steps = sorted({s for r in runs for key in ("eval/sft/id", "eval/merged/id")  # run.evaluate=final: merged only
+                        for s in r.metrics.get(key, {}) if s > 0})
         kinds = [("SFT", "sft"), ("Merge", "merged")] if runs[0].merges else [("SFT", "sft")]
         for stage, kind, step in [("Base", "base", 0)] + [(f"{n} {t}", k, t) for t in steps for n, k in kinds]:
             yield name, runs, stage, kind, step

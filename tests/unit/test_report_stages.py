@@ -31,3 +31,11 @@ def test_a_merging_line_shows_sft_and_merge_of_each_iteration():
     _, body = stage_table([run(0, "imm", .2, merged)], ["a", "id", "ood"])
     assert [row[1] for row in body] == ["Base", "SFT 1", "Merge 1"]
     assert body[2][3:6] == ["30.0", "30.0", "10.0"] and body[2][2] == "1"
+
+
+def test_a_merging_line_evaluated_only_at_its_end_still_shows_its_merged_model():
+    # run.evaluate=final: a merging job evaluates the base and its last merged model, no SFT model
+    r = RunRecord("imm0", tags={"method": "imm", "alpha": "0.3", "seed": "0"},
+                  metrics={"eval/base/id": {0: .5}, "eval/base/a": {0: .5}, "eval/merged/id": {2: .7}, "eval/merged/a": {2: .7}})
+    _, body = stage_table([r], ["a", "id"])
+    assert [row[1] for row in body] == ["Base", "Merge 2"] and body[1][3:5] == ["70.0", "70.0"]
