@@ -47,7 +47,7 @@ CPU_RATES: dict[tuple[str, str], CpuRates] = {
     ("smollm2-135m-instruct", "bfloat16"): CpuRates(
         params=134_515_008, threads=2, sample=723.0, evaluate=208.0, sft=212.0, sample_tokens=54.6,
         answer_tokens=55.8, kept=0.094, prompt_tokens=37.2, startup_s=7.1, stage_s=1.57,
-        measured="python -m imm.main -cd sweeps -cn real_llm method=imm merge.alpha=0.5 run.seed=0 (slots decoder and "
+        measured="python -m imm.main -cd sweeps -cn real_llm method=imm merge.alpha=0.5 run.seed=0 at commit 431f2ae (slots decoder and "
                  "SFT in bf16): 287 s wall on the 2-core machine, otherwise idle; evaluation 236 s of it, most of that "
                  "the KL to the base"),
     ("smollm2-135m-instruct", "float32"): CpuRates(
