@@ -27,7 +27,7 @@ def _count(values: str) -> int:
 def test_every_sweep_composes_every_job(sweep, tmp_path, request):
     """A dry multirun: the grid callback composes and validates every job; each job writes its config.
     The seed axis is run at its first seed: a seed is a number, it changes nothing that composes. A
-    SmolLM2 grid reads the session's prepared folder (preparing it under each test's outputs is 40 s)."""
+    SmolLM2 grid reads the folder the smollm2 fixture prepares once (preparing it under each test's outputs is 40 s)."""
     params = dict(OmegaConf.load(ROOT / "sweeps" / f"{sweep}.yaml").hydra.sweeper.params)
     one_seed = ["run.seed=0"] if "run.seed" in params else []
     params.pop("run.seed", None)
