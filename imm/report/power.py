@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from imm.report.paired import by_setting, emit, final_label, groups, holm, label, matrix, right
+from imm.report.paired import Interval, by_setting, emit, final_label, groups, holm, label, matrix, right
 
 
 @dataclass(frozen=True)
@@ -45,10 +45,14 @@ class Components:
     items: int
     seed: float  # σ²_seed
     item: float  # σ²_item
-    rest: float  # σ²_rest (seed × item)
     ms_seed: float  # the mean squares the interval's degrees of freedom come from
     ms_item: float
     ms_rest: float
+
+    @property
+    def rest(self) -> float:
+        """σ²_rest (seed × item): its mean square is its estimate."""
+        return self.ms_rest
 
     def variance(self, seeds: int | None = None, items: int | None = None) -> float:
         """Variance of the mean difference at ``seeds`` seeds and ``items`` items (default: the observed)."""
@@ -72,24 +76,17 @@ def components(d: np.ndarray) -> Components:
     by_seed, by_item = d.mean(axis=1), d.mean(axis=0)
     ms_item = s * ((by_item - grand) ** 2).sum() / max(n - 1, 1)
     if s < 2:  # no seed replication: every item's variance is the item's
-        return Components(float(grand), s, n, 0.0, float(ms_item), 0.0, 0.0, float(ms_item), 0.0)
+        return Components(float(grand), s, n, 0.0, float(ms_item), 0.0, float(ms_item), 0.0)
     ms_seed = n * ((by_seed - grand) ** 2).sum() / (s - 1)
     resid = d - by_seed[:, None] - by_item[None, :] + grand
     ms_rest = (resid ** 2).sum() / ((s - 1) * (n - 1))
     return Components(float(grand), s, n, max(0.0, (ms_seed - ms_rest) / n), max(0.0, (ms_item - ms_rest) / s),
-                      float(ms_rest), float(ms_seed), float(ms_item), float(ms_rest))
+                      float(ms_seed), float(ms_item), float(ms_rest))
 
 
 @dataclass(frozen=True)
-class Estimate:
-    mean: float
-    lo: float
-    hi: float
-    p: float
-    df: float
-
-    def __str__(self) -> str:
-        return f"{self.mean:+.1f} [{self.lo:+.1f}, {self.hi:+.1f}]"
+class Estimate(Interval):
+    df: float = float("nan")  # Satterthwaite's degrees of freedom of the t quantile
 
 
 def interval(d: np.ndarray, level: float = 0.95) -> Estimate:
