@@ -80,13 +80,24 @@ def test_a_validation_run_without_a_sets_validation_file_is_refused(folder):
 
 
 def test_a_folder_written_for_other_families_is_written_again(tmp_path):
-    benchmark_files.write(tmp_path, seed=0, n_train=50, n_test=10, n_validation=10)
+    benchmark_files.write(tmp_path, seed=0)
     layout = json.loads((tmp_path / "layout.json").read_text())
     layout["families"]["gsm8k/test"] = "id_onestep"  # as a folder of an older layout would say
     (tmp_path / "layout.json").write_text(json.dumps(layout))
+    (tmp_path / "gsm8k" / "test.jsonl").write_text("")
     benchmark_files.ensure(tmp_path, seed=0)
     assert json.loads((tmp_path / "layout.json").read_text())["families"]["gsm8k/test"] == "id_small"
-    assert len(_questions(benchmark_files.path_of(tmp_path, "gsm8k", "test"))) == 500  # the full files
+    assert len(_questions(benchmark_files.path_of(tmp_path, "gsm8k", "test"))) == benchmark_files.N_TEST
+
+
+def test_a_smaller_folder_is_written_again_and_keeps_its_items_first(tmp_path):
+    benchmark_files.write(tmp_path, seed=0, n_test=20)  # a folder of an earlier, smaller test split
+    before = {b: _questions(benchmark_files.path_of(tmp_path, b, "test")) for b in benchmark_files.FAMILY_OF}
+    benchmark_files.ensure(tmp_path, seed=0)
+    for bench, questions in before.items():
+        after = _questions(benchmark_files.path_of(tmp_path, bench, "test"))
+        assert len(questions) == 20 and len(after) == benchmark_files.N_TEST == len(set(after))
+        assert after[:20] == questions
 
 
 def test_the_exemplar_set_and_the_validation_files_enter_the_stage_keys():

@@ -23,7 +23,8 @@ benchmark it stands in for:
 
 Splits come from the world's hash split (imm/data/world/problems.py), so train and test never share
 a question; ``load_data``'s overlap check confirms it on every run. ``layout.json`` names the families
-a folder holds: a folder written for other families is written again.
+and sizes a folder holds: a folder written for other families or sizes is written again (the items a
+smaller folder held stay its first ones: each split's draw is a fixed sequence).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ FAMILY_OF = {"gsm8k": "id_small", "svamp": "ood_box_small", "asdiv": "ood_produc
 # (benchmark, split) -> (world family, world split)
 LAYOUT = {("gsm8k", "train"): ("id_small", "train")} | {
     (bench, split): (family, split) for bench, family in FAMILY_OF.items() for split in ("test", "validation")}
+N_TEST = 1000        # test items a set: the real-LLM test phase's power calculation (docs/real-llm.md)
 N_VALIDATION = 500
 SENTENCE_RE = re.compile(r"(?<=[.!?])\s+")
 
@@ -75,7 +77,7 @@ def validation_items(family: str, n: int, seed: int, taken: set[str]) -> list[di
     return [item for item in drawn if item["question"] not in taken][:n]
 
 
-def write(out: Path, seed: int, n_train: int = 2000, n_test: int = 500,
+def write(out: Path, seed: int, n_train: int = 2000, n_test: int = N_TEST,
           n_validation: int = N_VALIDATION) -> dict[tuple[str, str], Path]:
     """Every file of ``LAYOUT`` under ``out`` (seeded by the world seed) and ``layout.json``; returns their paths."""
     paths = {}
@@ -96,15 +98,17 @@ def write(out: Path, seed: int, n_train: int = 2000, n_test: int = 500,
             tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         tmp.rename(path)
         paths[bench, split] = path
-    (Path(out) / "layout.json").write_text(json.dumps(_layout(seed), indent=1))
+    (Path(out) / "layout.json").write_text(json.dumps(_layout(seed, n_train, n_test, n_validation), indent=1))
     return paths
 
 
-def _layout(seed: int) -> dict:
-    return {"seed": seed, "families": {f"{b}/{s}": f for (b, s), (f, _) in LAYOUT.items()}}
+def _layout(seed: int, n_train: int = 2000, n_test: int = N_TEST, n_validation: int = N_VALIDATION) -> dict:
+    return {"seed": seed, "families": {f"{b}/{s}": f for (b, s), (f, _) in LAYOUT.items()},
+            "sizes": {"train": n_train, "test": n_test, "validation": n_validation}}
 
 
 def _current(out: Path, seed: int) -> bool:
+    """The folder holds this layout at the default sizes (a folder of 500 test items a set is written again)."""
     manifest = out / "layout.json"
     return (manifest.exists() and json.loads(manifest.read_text()) == _layout(seed)
             and all(path_of(out, b, s).exists() for b, s in LAYOUT))
@@ -128,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("outputs/data/world-nl-s0"))
     p.add_argument("--seed", type=int, default=0, help="world seed")
     p.add_argument("--n-train", type=int, default=2000)
-    p.add_argument("--n-test", type=int, default=500)
+    p.add_argument("--n-test", type=int, default=N_TEST)
     args = p.parse_args(argv)
     for (bench, split), path in write(args.out, args.seed, args.n_train, args.n_test).items():
         print(f"{bench:6s} {split:5s} {path}")
