@@ -40,6 +40,7 @@ FAMILY_OF = {"gsm8k": "id_small", "svamp": "ood_box_small", "asdiv": "ood_produc
 # (benchmark, split) -> (world family, world split)
 LAYOUT = {("gsm8k", "train"): ("id_small", "train")} | {
     (bench, split): (family, split) for bench, family in FAMILY_OF.items() for split in ("test", "validation")}
+N_TRAIN = 2000
 N_TEST = 1000        # test items a set: the real-LLM test phase's power calculation (docs/real-llm.md)
 N_VALIDATION = 500
 SENTENCE_RE = re.compile(r"(?<=[.!?])\s+")
@@ -77,7 +78,7 @@ def validation_items(family: str, n: int, seed: int, taken: set[str]) -> list[di
     return [item for item in drawn if item["question"] not in taken][:n]
 
 
-def write(out: Path, seed: int, n_train: int = 2000, n_test: int = N_TEST,
+def write(out: Path, seed: int, n_train: int = N_TRAIN, n_test: int = N_TEST,
           n_validation: int = N_VALIDATION) -> dict[tuple[str, str], Path]:
     """Every file of ``LAYOUT`` under ``out`` (seeded by the world seed) and ``layout.json``; returns their paths."""
     paths = {}
@@ -102,13 +103,13 @@ def write(out: Path, seed: int, n_train: int = 2000, n_test: int = N_TEST,
     return paths
 
 
-def _layout(seed: int, n_train: int = 2000, n_test: int = N_TEST, n_validation: int = N_VALIDATION) -> dict:
+def _layout(seed: int, n_train: int = N_TRAIN, n_test: int = N_TEST, n_validation: int = N_VALIDATION) -> dict:
     return {"seed": seed, "families": {f"{b}/{s}": f for (b, s), (f, _) in LAYOUT.items()},
             "sizes": {"train": n_train, "test": n_test, "validation": n_validation}}
 
 
 def _current(out: Path, seed: int) -> bool:
-    """The folder holds this layout at the default sizes (a folder of 500 test items a set is written again)."""
+    """The folder holds this layout at the default sizes (a folder of other sizes is written again)."""
     manifest = out / "layout.json"
     return (manifest.exists() and json.loads(manifest.read_text()) == _layout(seed)
             and all(path_of(out, b, s).exists() for b, s in LAYOUT))
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m imm.data.world.benchmark_files", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("outputs/data/world-nl-s0"))
     p.add_argument("--seed", type=int, default=0, help="world seed")
-    p.add_argument("--n-train", type=int, default=2000)
+    p.add_argument("--n-train", type=int, default=N_TRAIN)
     p.add_argument("--n-test", type=int, default=N_TEST)
     args = p.parse_args(argv)
     for (bench, split), path in write(args.out, args.seed, args.n_train, args.n_test).items():
