@@ -45,11 +45,11 @@ CPU_RATES: dict[tuple[str, str], CpuRates] = {
         answer_tokens=33.5, kept=0.49, prompt_tokens=37.3, startup_s=5.6, stage_s=0.035,
         measured="python -m imm.main: 106 s wall on the 2-core machine, otherwise idle"),
     ("smollm2-135m-instruct", "bfloat16"): CpuRates(
-        params=134_515_008, threads=2, sample=723.0, evaluate=208.0, sft=212.0, sample_tokens=54.6,
-        answer_tokens=55.8, kept=0.094, prompt_tokens=37.2, startup_s=7.1, stage_s=1.57,
-        measured="python -m imm.main -cd sweeps -cn real_llm method=imm merge.alpha=0.5 run.seed=0 at commit 431f2ae (slots decoder and "
-                 "SFT in bf16): 287 s wall on the 2-core machine, otherwise idle; evaluation 236 s of it, most of that "
-                 "the KL to the base"),
+        params=134_515_008, threads=2, sample=764.0, evaluate=591.0, sft=198.0, sample_tokens=30.3,
+        answer_tokens=32.2, kept=0.59, prompt_tokens=36.6, startup_s=2.5, stage_s=3.66,
+        measured="python -m imm.main -m -cd sweeps -cn real_llm_test_imm_base run.seed=0 (its first job, every stage "
+                 "computed: the base's and the final model's evaluation of 4,000 items, 2 rounds) at commit 1483454: "
+                 "590 s wall on a 2-core Xeon with AMX, otherwise idle; evaluation 443 s of it"),
     ("smollm2-135m-instruct", "float32"): CpuRates(
         params=134_515_008, threads=2, sample=90.0, evaluate=90.0, sft=160.0, sample_tokens=40.0,
         answer_tokens=40.0, kept=0.3, prompt_tokens=250.0, startup_s=25.0, stage_s=5.0,
